@@ -1,0 +1,383 @@
+"""Typed run configuration: nested dataclasses, YAML recipes and ``--set a.b=c`` overrides.
+
+Owns: the schema of a run (every field documented where it is declared), strict loading from
+YAML/dicts (unknown fields, wrong types and values outside a ``Literal`` fail with the dotted path of
+the field at fault and what it accepts), overrides from the command line, and the cross-field checks
+that need more than one section (the parallel layout against the model shape).
+
+Does not own: what the fields mean at run time. Each component receives only its own sub-config
+(``RunConfig.reward`` goes to the reward, ``RunConfig.parallel`` to process-group setup, ...).
+This module imports nothing heavier than PyYAML so that every tool can parse a recipe quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid. The message names the field (dotted path) at fault."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """The policy model. Shape fields describe the language model; `hf_dir` (when set) wins."""
+
+    hf_dir: str | None = None
+    """Hugging Face Qwen2.5-VL checkpoint directory; its config.json overrides the shape fields."""
+    num_layers: int = 2
+    """Language-model transformer layers."""
+    hidden_size: int = 64
+    """Language-model width."""
+    num_attention_heads: int = 4
+    """Query heads."""
+    num_query_groups: int = 2
+    """Key/value heads (GQA groups); must divide `num_attention_heads`."""
+    ffn_hidden_size: int = 128
+    """SwiGLU intermediate size."""
+    vocab_size: int = 512
+    """Vocabulary size before padding for tensor parallelism."""
+    max_position_embeddings: int = 1024
+    """Longest sequence the rotary embedding is built for."""
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Parameter/compute dtype. bf16 is the GPU default; fp32 is what CPU parity tests use."""
+    transformer_impl: Literal["local", "transformer_engine"] = "local"
+    """Layer implementation: Megatron-Core local layers (CPU or GPU) or Transformer Engine (GPU)."""
+    freeze_vision: bool = True
+    """Freeze the vision tower and merger (the SRPO recipe trains the language model only)."""
+
+
+@dataclass
+class ParallelConfig:
+    """Parallel layout of the trainer. Data parallel size is what the world size leaves."""
+
+    tp: int = 1
+    """Tensor-parallel size."""
+    pp: int = 1
+    """Pipeline-parallel size."""
+    cp: int = 1
+    """Context-parallel size."""
+    vpp: int | None = None
+    """Virtual pipeline stages per rank (interleaved 1F1B); None disables it."""
+    sequence_parallel: bool = False
+    """Shard activations along the sequence inside TP regions (needs tp > 1)."""
+    rollout_tp: int = 1
+    """Tensor-parallel size of each rollout engine."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend; auto = nccl with CUDA, gloo without."""
+
+
+@dataclass
+class RewardConfig:
+    """SRPO reflection-aware reward (see shared SRPO.md). Every constant is a field."""
+
+    variant: Literal["paper", "official", "grpo"] = "paper"
+    """paper: equations of the paper; official: the authors' released code; grpo: plain baseline."""
+    alpha: float = 0.1
+    """Weight of the length factor f_len."""
+    target_length_factor: float = 2.0
+    """T_target = target_length_factor * L1 (tokens of the first think+answer)."""
+    max_length_factor: float = 2.5
+    """T_max = max_length_factor * L1; must exceed target_length_factor."""
+    format_reward: float = 0.5
+    """R_format / r_fmt for a valid response format."""
+    first_correct_reward: float = 0.5
+    """paper: R_acc when the first answer is correct."""
+    keep_correct_bonus: float = 0.25
+    """paper: I_eff when a correct first answer stays correct."""
+    fix_wrong_bonus: float = 0.5
+    """paper: I_eff when a wrong first answer is corrected."""
+    fail_to_fix_bonus: float = 0.0
+    """paper: I_eff when a wrong first answer stays wrong."""
+    break_correct_penalty: float = -0.25
+    """paper: I_eff when a correct first answer is made wrong."""
+    reflection_reward: float = 0.25
+    """paper: I_ref for a non-empty, properly tagged reflection."""
+    official_right_right: float = 0.75
+    """official: r_acc right -> right."""
+    official_wrong_right: float = 1.0
+    """official: r_acc wrong -> right."""
+    official_right_wrong: float = 0.25
+    """official: r_acc right -> wrong."""
+    official_wrong_wrong: float = 0.0
+    """official: r_acc wrong -> wrong."""
+    official_single_correct: float = 0.5
+    """official: r_acc for a single correct answer block."""
+    grpo_accuracy_reward: float = 1.0
+    """grpo: reward for a correct answer."""
+    grpo_format_reward: float = 0.5
+    """grpo: reward for the single <think><answer> format."""
+    verify_timeout_s: float = 5.0
+    """Wall-clock bound on verifying one answer; a timeout counts as incorrect."""
+    num_workers: int = 0
+    """Verifier worker processes; 0 = one per CPU core."""
+
+
+@dataclass
+class LoggingConfig:
+    """Where and how a run reports."""
+
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """wandb mode; offline by default so no run ever needs a network."""
+    wandb_project: str = "srpo-mcore"
+    """wandb project name."""
+    log_every: int = 1
+    """Log metrics every N steps."""
+
+
+@dataclass
+class RunConfig:
+    """One run of srpo-mcore."""
+
+    name: str = "tiny-cpu"
+    """Run name (used for the run directory and the wandb run)."""
+    seed: int = 1234
+    """Global seed."""
+    output_dir: str = "runs"
+    """Parent directory of run directories."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self, world_size: int | None = None) -> None:
+        """Cross-field checks; raise ConfigError listing every problem found."""
+        from srpo_mcore.parallel.dims import ParallelDims
+
+        problems: list[str] = []
+        r = self.reward
+        if r.max_length_factor <= r.target_length_factor:
+            problems.append(
+                f"reward.max_length_factor ({r.max_length_factor}) must be greater than "
+                f"reward.target_length_factor ({r.target_length_factor})"
+            )
+        if r.verify_timeout_s <= 0:
+            problems.append(f"reward.verify_timeout_s must be > 0, got {r.verify_timeout_s}")
+        if r.num_workers < 0:
+            problems.append(f"reward.num_workers must be >= 0, got {r.num_workers}")
+        if self.model.num_attention_heads % self.model.num_query_groups:
+            problems.append(
+                f"model.num_query_groups ({self.model.num_query_groups}) must divide "
+                f"model.num_attention_heads ({self.model.num_attention_heads})"
+            )
+        p = self.parallel
+        dims_problems = ParallelDims(
+            tp=p.tp, pp=p.pp, cp=p.cp, vpp=p.vpp, sequence_parallel=p.sequence_parallel
+        ).problems(
+            world_size=world_size,
+            num_attention_heads=self.model.num_attention_heads,
+            num_query_groups=self.model.num_query_groups,
+            num_layers=self.model.num_layers,
+        )
+        problems.extend(dims_problems)
+        if problems:
+            raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+# --------------------------------------------------------------------------------------------
+# Strict conversion from plain data
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp` and convert containers; raise naming `path`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping of fields, got {value!r}")
+        return from_dict(tp, value, path)  # type: ignore[arg-type]
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed):
+            raise ConfigError(f"{path}: {value!r} is not allowed; allowed values: {', '.join(map(repr, allowed))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{path}: must not be null")
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {tp}")
+    if origin in (list, tuple):
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        items = [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _convert(vt, v, f"{path}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported field type {_type_name(tp)}")  # a schema bug
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+    """Build dataclass `cls` from `data`, rejecting unknown fields and wrong types.
+
+    Args:
+        cls: A dataclass type of this schema.
+        data: Plain data (e.g. parsed YAML); missing fields take their defaults.
+        path: Dotted prefix for error messages.
+
+    Raises:
+        ConfigError: naming the first offending field by its dotted path.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{dotted}: unknown field{hint}; fields of {cls.__name__}: {', '.join(names)}")
+        kwargs[key] = _convert(hints[key], value, dotted)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data view of a config (for YAML dumps and wandb)."""
+    return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes and overrides
+# --------------------------------------------------------------------------------------------
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` assignment to nested plain data in place.
+
+    The value is parsed as YAML (``3`` is an int, ``true`` a bool, ``[1, 2]`` a list, ``null`` None).
+    """
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. parallel.tp=2")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {assignment!r}: empty component in key {key!r}")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {assignment!r}: value is not valid YAML: {e}") from e
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a YAML recipe (or the defaults when `path` is None) and apply overrides.
+
+    Raises:
+        ConfigError: naming the file and the field at fault.
+    """
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read recipe: {e.strerror}") from e
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded or {}
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        cfg = from_dict(RunConfig, data)
+        cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return cfg
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and ``--set`` to a CLI."""
+    parser.add_argument("--config", type=Path, default=None, help="YAML recipe (default: built-in tiny CPU recipe)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set parallel.tp=2 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Build the config from the arguments added by `add_config_args`."""
+    return load_config(args.config, args.overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m srpo_mcore.config --config R.yaml --set k=v``: validate and print the resolved recipe."""
+    parser = argparse.ArgumentParser(prog="python -m srpo_mcore.config", description=main.__doc__)
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as e:
+        print(f"error: {e}")
+        return 2
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Model builders on Megatron-Core."""

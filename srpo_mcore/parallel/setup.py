@@ -1,0 +1,108 @@
+"""Process-group setup from torchrun / SLURM environment variables.
+
+Owns: reading rank, world size and local rank (torchrun first, then SLURM's srun variables),
+choosing the backend (NCCL with CUDA, gloo without, or as configured), ``init_process_group`` and
+Megatron-Core's model-parallel groups for a validated `ParallelDims`, and tearing them down again.
+On a machine without CUDA it enables the CPU compatibility layer first.
+
+Does not own: the layout rules (``parallel.dims``) or anything model-specific.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from srpo_mcore.parallel.dims import ParallelDims
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+
+
+def dist_env_from_environ(environ: dict[str, str] | None = None) -> DistEnv:
+    """Read the process's place from torchrun variables, else SLURM's, else a single process."""
+    env = dict(os.environ if environ is None else environ)
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    else:
+        rank, world, local = 0, 1, 0
+    addr = env.get("MASTER_ADDR", "127.0.0.1")
+    port = int(env.get("MASTER_PORT", "29500"))
+    return DistEnv(rank=rank, world_size=world, local_rank=local, master_addr=addr, master_port=port)
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """`auto` -> nccl when CUDA is available, else gloo. Rejects nccl without CUDA."""
+    if backend == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise RuntimeError("parallel.backend=nccl needs CUDA, and torch.cuda.is_available() is False; use gloo")
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"parallel.backend must be auto, gloo or nccl, got {backend!r}")
+    return backend
+
+
+def init_parallel(
+    dims: ParallelDims,
+    *,
+    backend: str = "auto",
+    env: DistEnv | None = None,
+    timeout_s: float = 600.0,
+) -> DistEnv:
+    """Initialise torch.distributed and Megatron-Core's parallel groups for `dims`.
+
+    Safe to call in a single process without a launcher (world size 1). On CPU, the Megatron-Core
+    compatibility shims are enabled first.
+
+    Returns:
+        The `DistEnv` this process was initialised with.
+    """
+    from megatron.core import parallel_state
+
+    env = env or dist_env_from_environ()
+    dims.check(world_size=env.world_size)
+    backend = resolve_backend(backend)
+    if backend == "gloo":
+        from srpo_mcore._compat.megatron_cpu import enable_megatron_cpu
+
+        enable_megatron_cpu()
+    else:
+        torch.cuda.set_device(env.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend,
+            init_method=f"tcp://{env.master_addr}:{env.master_port}",
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=dims.tp,
+        pipeline_model_parallel_size=dims.pp,
+        virtual_pipeline_model_parallel_size=dims.vpp,
+        context_parallel_size=dims.cp,
+    )
+    return env
+
+
+def destroy_parallel() -> None:
+    """Tear down Megatron-Core's groups and the default process group (idempotent)."""
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
