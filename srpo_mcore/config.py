@@ -259,7 +259,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported field type {_type_name(tp)}")  # a schema bug
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+def from_dict[T](cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     """Build dataclass `cls` from `data`, rejecting unknown fields and wrong types.
 
     Args:

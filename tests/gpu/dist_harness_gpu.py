@@ -1,0 +1,16 @@
+"""Run a function in one fresh torchrun-style process (Megatron's global state stays out of pytest)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dist"))
+
+from dist_harness import run_distributed  # noqa: E402
+
+
+def run_single(fn: Callable[..., Any], *args: Any) -> Any:
+    return run_distributed(fn, 1, *args)[0]

@@ -1,0 +1,86 @@
+"""Each CPU shim of srpo_mcore._compat does what it claims, and only while enabled."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from srpo_mcore._compat import megatron_cpu
+
+
+@pytest.fixture
+def cpu_shims():
+    assert megatron_cpu.enable_megatron_cpu(force=True)
+    yield
+    megatron_cpu.disable_megatron_cpu()
+
+
+def test_current_device_and_stream_redirected_then_restored(cpu_shims) -> None:
+    assert torch.cuda.current_device() == torch.device("cpu")
+    x = torch.arange(3, device=torch.cuda.current_device())
+    assert x.device.type == "cpu"
+    stream = torch.cuda.current_stream()
+    stream.wait_stream(stream)  # no-ops on CPU, must not raise
+    stream.wait_event(None)
+    megatron_cpu.disable_megatron_cpu()
+    assert not megatron_cpu.is_enabled()
+    if not torch.cuda.is_available():
+        with pytest.raises((RuntimeError, AssertionError)):
+            torch.cuda.current_device()
+    megatron_cpu.enable_megatron_cpu(force=True)
+
+
+def test_default_causal_mask_on_cpu(cpu_shims) -> None:
+    from megatron.core.fusions import fused_softmax
+
+    mask = fused_softmax.get_default_causal_mask(4)
+    assert mask.device.type == "cpu" and mask.dtype == torch.bool
+    assert torch.equal(mask, torch.ones(4, 4).triu(1).bool())
+
+
+def test_rng_tracker_forks_cpu_generator(cpu_shims) -> None:
+    from megatron.core import tensor_parallel
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    tracker = get_cuda_rng_tracker()
+    tracker.reset()
+    tracker.add("model-parallel-rng", 123)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    with tracker.fork("model-parallel-rng"):
+        a = torch.rand(4)
+    assert torch.equal(torch.get_rng_state(), before), "fork must restore the default generator"
+    expected = torch.rand(4, generator=torch.Generator().manual_seed(123))
+    assert torch.equal(a, expected), "the forked state is the tracker's seed"
+    with tracker.fork("model-parallel-rng"):
+        b = torch.rand(4)
+    assert not torch.equal(a, b), "the tracked state advances across forks"
+    assert tensor_parallel.random._get_cuda_rng_state().device.type == "cpu"
+    tracker.reset()
+
+
+def test_version_check_refuses_untested_megatron(monkeypatch) -> None:
+    from megatron.core import package_info
+
+    monkeypatch.setattr(package_info, "MINOR", 99)
+    monkeypatch.delenv("SRPO_ALLOW_UNTESTED_MCORE", raising=False)
+    with pytest.raises(RuntimeError, match=r"0\.99"):
+        megatron_cpu.enable_megatron_cpu(force=True)
+    assert not megatron_cpu.is_enabled()
+
+
+def test_sp_norm_tags_parameters() -> None:
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from srpo_mcore._compat.sp_norm import SequenceParallelTorchNorm
+
+    cfg = TransformerConfig(
+        num_layers=1, hidden_size=8, num_attention_heads=2, normalization="RMSNorm", use_cpu_initialization=True
+    )
+    cfg.sequence_parallel = True  # set after init: TransformerConfig checks tp>1 for SP
+    norm = SequenceParallelTorchNorm(cfg, 8, eps=1e-6)
+    assert isinstance(norm, torch.nn.RMSNorm)
+    assert all(p.sequence_parallel for p in norm.parameters())
+    cfg.normalization = "L2Norm"
+    with pytest.raises(ValueError, match="L2Norm"):
+        SequenceParallelTorchNorm(cfg, 8)
