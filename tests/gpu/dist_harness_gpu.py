@@ -9,7 +9,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dist"))
 
-from dist_harness import run_distributed  # noqa: E402
+from dist_harness import run_distributed
 
 
 def run_single(fn: Callable[..., Any], *args: Any) -> Any:
