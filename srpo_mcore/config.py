@@ -119,15 +119,18 @@ class RewardConfig:
     official_wrong_wrong: float = 0.0
     """official: r_acc wrong -> wrong."""
     official_single_correct: float = 0.5
-    """official: r_acc for a single correct answer block."""
+    """official: r_acc for a single correct answer block (reachable only without the zero rule)."""
+    official_zero_without_two_attempts: bool = True
+    """official: a response without two <think> and two <answer> blocks scores 0 in total (what the
+    released code does through an exception path; here an explicit rule)."""
     grpo_accuracy_reward: float = 1.0
     """grpo: reward for a correct answer."""
     grpo_format_reward: float = 0.5
     """grpo: reward for the single <think><answer> format."""
     verify_timeout_s: float = 5.0
     """Wall-clock bound on verifying one answer; a timeout counts as incorrect."""
-    num_workers: int = 0
-    """Verifier worker processes; 0 = one per CPU core."""
+    num_workers: int = -1
+    """Verifier worker processes: -1 = one per CPU core, 0 = verify in the calling process."""
 
 
 @dataclass
@@ -170,8 +173,8 @@ class RunConfig:
             )
         if r.verify_timeout_s <= 0:
             problems.append(f"reward.verify_timeout_s must be > 0, got {r.verify_timeout_s}")
-        if r.num_workers < 0:
-            problems.append(f"reward.num_workers must be >= 0, got {r.num_workers}")
+        if r.num_workers < -1:
+            problems.append(f"reward.num_workers must be -1 (one per core), 0 (in-process) or > 0, got {r.num_workers}")
         if self.model.num_attention_heads % self.model.num_query_groups:
             problems.append(
                 f"model.num_query_groups ({self.model.num_query_groups}) must divide "

@@ -1,0 +1,1 @@
+"""SRPO stage-2 reinforcement learning: rewards, advantages, loss and the data contracts between them."""
