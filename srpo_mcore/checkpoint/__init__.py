@@ -1,0 +1,1 @@
+"""Checkpoints: pure tensor transforms, HF safetensors IO, conversion, distributed save/resume."""

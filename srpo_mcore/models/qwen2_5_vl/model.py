@@ -1,0 +1,184 @@
+"""``Qwen25VLModel``: Qwen2.5-VL on Megatron-Core, for any TP / PP / CP / SP layout.
+
+Owns: composing the vision tower (first pipeline stage only) with the decoder (a Megatron-Core
+``GPTModel`` with multimodal RoPE), the fusion of merged vision features into the placeholder
+token embeddings, and the sequence bookkeeping of the parallel layouts: full-sequence embeddings
+are fused, then sliced for context parallelism (load-balanced ``2*cp`` chunks) and scattered for
+sequence parallelism; 3D position ids stay full length (Megatron slices the rotary table per CP
+rank). Outputs are vocab-parallel logits ``[B, S/cp, V/tp]`` on the last stage.
+
+Does not own: losses and logprobs (the trainer computes them vocab-parallel), weight loading
+(``checkpoint.load_hf``) or process groups.
+
+Legend: ``B`` batch, ``S`` sequence, ``H`` hidden, ``V`` vocabulary, ``M`` merged vision tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.module import MegatronModule
+
+from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch, language_transformer_config, vision_transformer_config
+from srpo_mcore.models.qwen2_5_vl.layer_specs import language_block_spec, vision_layer_spec
+from srpo_mcore.models.qwen2_5_vl.rope import get_rope_index, mm_token_type_ids
+from srpo_mcore.models.qwen2_5_vl.vision import VisionTower
+from srpo_mcore.parallel.context import cp_slice
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """How this model instance is laid out (what the config's ``parallel`` section says)."""
+
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    sequence_parallel: bool = False
+    dtype: str = "fp32"
+    transformer_impl: str = "local"
+    freeze_vision: bool = False
+
+
+class Qwen25VLModel(MegatronModule):
+    """Qwen2.5-VL for this rank's pipeline stage. Requires ``parallel.setup.init_parallel``."""
+
+    def __init__(self, arch: Qwen25VLArch, layout: ModelLayout) -> None:
+        lm_config = language_transformer_config(
+            arch, tp=layout.tp, pp=layout.pp, cp=layout.cp, sp=layout.sequence_parallel, dtype=layout.dtype
+        )
+        super().__init__(lm_config)
+        self.arch = arch
+        self.layout = layout
+        self.pre_process = parallel_state.is_pipeline_first_stage()
+        self.post_process = parallel_state.is_pipeline_last_stage()
+        if arch.text.vocab_size % layout.tp:
+            raise ValueError(f"vocab_size {arch.text.vocab_size} is not divisible by tp={layout.tp}")
+        self.language_model = GPTModel(
+            config=lm_config,
+            transformer_layer_spec=language_block_spec(
+                layout.transformer_impl, arch.text.num_layers // layout.pp, cp=layout.cp
+            ),
+            vocab_size=arch.text.vocab_size,
+            max_sequence_length=arch.text.max_position_embeddings,
+            pre_process=self.pre_process,
+            post_process=self.post_process,
+            parallel_output=True,
+            share_embeddings_and_output_weights=arch.text.tie_word_embeddings,
+            position_embedding_type="mrope",
+            rotary_base=int(arch.text.rope_theta),
+        )
+        self.vision: VisionTower | None = None
+        if self.pre_process:
+            # Fusion needs the full-sequence embedding; we scatter for SP ourselves after fusing.
+            self.language_model.embedding.word_embeddings.reduce_scatter_embeddings = False
+            vcfg = vision_transformer_config(arch, tp=layout.tp, dtype=layout.dtype)
+            self.vision = VisionTower(
+                vcfg, arch.vision, vision_layer_spec(layout.transformer_impl), packed=layout.transformer_impl != "local"
+            )
+            if layout.freeze_vision:
+                self.vision.requires_grad_(False)
+
+    def set_input_tensor(self, input_tensor: torch.Tensor | list[torch.Tensor]) -> None:
+        """Pipeline schedules hand the previous stage's activations here."""
+        if isinstance(input_tensor, list):
+            input_tensor = input_tensor[0]
+        self.language_model.set_input_tensor(input_tensor)
+
+    def position_ids(
+        self,
+        input_ids_BS: torch.Tensor,
+        attention_mask_BS: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """3D position ids ``[3, B, S]`` of a batch (exactly HF's ``get_rope_index``)."""
+        a = self.arch
+        types = mm_token_type_ids(input_ids_BS, a.image_token_id, a.video_token_id)
+        pos, _ = get_rope_index(
+            input_ids_BS,
+            types,
+            image_grid_thw,
+            video_grid_thw,
+            second_per_grid_ts,
+            attention_mask_BS,
+            spatial_merge_size=a.vision.spatial_merge_size,
+            tokens_per_second=a.vision.tokens_per_second,
+        )
+        return pos
+
+    def _embed(
+        self,
+        input_ids_BS: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        image_grid_thw: torch.Tensor | None,
+        pixel_values_videos: torch.Tensor | None,
+        video_grid_thw: torch.Tensor | None,
+    ) -> torch.Tensor:
+        emb_BSH = self.language_model.embedding.word_embeddings(input_ids_BS)
+        assert self.vision is not None
+        for pixels, grid, token, kind in (
+            (pixel_values, image_grid_thw, self.arch.image_token_id, "image"),
+            (pixel_values_videos, video_grid_thw, self.arch.video_token_id, "video"),
+        ):
+            if pixels is None:
+                continue
+            if grid is None:
+                raise ValueError(f"{kind} pixels given without {kind}_grid_thw")
+            feats_MH = self.vision(pixels, grid).to(emb_BSH.dtype)
+            mask_BS = input_ids_BS == token
+            if int(mask_BS.sum()) != feats_MH.shape[0]:
+                raise ValueError(
+                    f"{int(mask_BS.sum())} {kind} placeholder tokens but the vision tower produced "
+                    f"{feats_MH.shape[0]} {kind} features (grid {grid.tolist()})"
+                )
+            emb_BSH = emb_BSH.masked_scatter(mask_BS.unsqueeze(-1), feats_MH)
+        emb_SBH = emb_BSH.transpose(0, 1).contiguous()
+        cp = self.layout.cp
+        if cp > 1:
+            emb_SBH = cp_slice(emb_SBH, 0, cp, parallel_state.get_context_parallel_rank())
+        if self.layout.sequence_parallel:
+            emb_SBH = tensor_parallel.scatter_to_sequence_parallel_region(emb_SBH)
+        return emb_SBH
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[B, S/cp, V/tp]`` on the last stage; hidden states ``[S/cp/tp?, B, H]`` otherwise.
+
+        Args:
+            input_ids: ``[B, S]`` full sequences (every stage needs them for the position ids).
+            position_ids: ``[3, B, S]``; computed from `input_ids` and the grids when None.
+            attention_mask: ``[B, S]`` with 1 for real tokens, 0 for padding; None = no padding.
+            pixel_values / image_grid_thw / pixel_values_videos / video_grid_thw / second_per_grid_ts:
+                as the HF processor returns them.
+        """
+        if position_ids is None:
+            position_ids = self.position_ids(
+                input_ids, attention_mask, image_grid_thw, video_grid_thw, second_per_grid_ts
+            )
+        decoder_input = None
+        if self.pre_process:
+            decoder_input = self._embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+        mask = None
+        if attention_mask is not None:
+            S = input_ids.shape[1]
+            causal = torch.ones(S, S, dtype=torch.bool, device=input_ids.device).triu(1)
+            mask = causal[None, None] | ~attention_mask.bool()[:, None, None, :]
+        return self.language_model(
+            input_ids=None,
+            position_ids=position_ids,
+            attention_mask=mask,
+            decoder_input=decoder_input,
+        )
