@@ -9,7 +9,12 @@ Owns: the two redirections Megatron-Core needs to run forward/backward on CPU:
    already ordered, so there is nothing to wait for.
 3. ``get_default_causal_mask`` (the local attention's mask when none is passed) builds its mask on
    the CPU instead of ``device="cuda"``.
-4. The tensor-parallel RNG tracker (``tensor_parallel.random``) keeps its named states as CPU
+4. Megatron's pipeline schedules allocate a token counter with ``device="cuda"``: the
+   ``torch`` they see is a thin view of torch whose ``zeros`` puts "cuda" tensors on the CPU;
+   ``torch.cuda.synchronize`` (after batched p2p) is a no-op on CPU.
+5. ``get_pos_emb_on_this_cp_rank`` (the rotary table of a context-parallel rank) builds its
+   index with ``.cuda()``; the CPU version selects the same two load-balanced chunks.
+6. The tensor-parallel RNG tracker (``tensor_parallel.random``) keeps its named states as CPU
    generator states: ``_get_cuda_rng_state``/``_set_cuda_rng_state`` read and write the CPU
    generator, and ``CudaRNGStatesTracker.add`` seeds a CPU state. Forking the model-parallel RNG
    then works for dropout/initialisation exactly as on GPU, on the CPU generator.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +60,39 @@ class _CpuStream:
 
 
 _CPU_STREAM = _CpuStream()
+
+
+def _is_cuda(device: Any) -> bool:
+    return device == "cuda" or (isinstance(device, torch.device) and device.type == "cuda")
+
+
+class _TorchOnCpu(types.ModuleType):
+    """``torch`` for modules that hard-code ``device="cuda"``: everything is torch's, except that
+    ``zeros`` places tensors requested on CUDA on the CPU."""
+
+    def __init__(self) -> None:
+        super().__init__("torch")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def zeros(*args: Any, device: Any = None, **kwargs: Any) -> torch.Tensor:
+        return torch.zeros(*args, device="cpu" if _is_cuda(device) else device, **kwargs)
+
+
+def _cpu_synchronize(device: Any = None) -> None:
+    pass
+
+
+def _cpu_pos_emb_on_this_cp_rank(pos_emb: torch.Tensor, seq_dim: int, cp_group: Any) -> torch.Tensor:
+    if cp_group is None:
+        raise ValueError("cp_group must be provided to get positional embedding per CP rank")
+    cp_size, cp_rank = cp_group.size(), cp_group.rank()
+    index = torch.tensor([cp_rank, 2 * cp_size - cp_rank - 1], device=pos_emb.device)
+    pos_emb = pos_emb.view(*pos_emb.shape[:seq_dim], 2 * cp_size, -1, *pos_emb.shape[seq_dim + 1 :])
+    pos_emb = pos_emb.index_select(seq_dim, index)
+    return pos_emb.view(*pos_emb.shape[:seq_dim], -1, *pos_emb.shape[seq_dim + 2 :])
 
 
 def _cpu_current_stream(device: Any = None) -> _CpuStream:
@@ -123,11 +162,18 @@ def enable_megatron_cpu(*, force: bool = False) -> bool:
             "TESTED_MCORE, or set SRPO_ALLOW_UNTESTED_MCORE=1"
         )
     from megatron.core.fusions import fused_softmax
+    from megatron.core.models.common.embeddings import rope_utils, rotary_pos_embedding, yarn_rotary_pos_embedding
+    from megatron.core.pipeline_parallel import schedules
     from megatron.core.tensor_parallel import random as mrandom
 
     patches: list[tuple[Any, str, Callable[..., Any]]] = [
         (torch.cuda, "current_device", _cpu_current_device),
         (torch.cuda, "current_stream", _cpu_current_stream),
+        (torch.cuda, "synchronize", _cpu_synchronize),
+        (schedules, "torch", _TorchOnCpu()),
+        (rope_utils, "get_pos_emb_on_this_cp_rank", _cpu_pos_emb_on_this_cp_rank),
+        (rotary_pos_embedding, "get_pos_emb_on_this_cp_rank", _cpu_pos_emb_on_this_cp_rank),
+        (yarn_rotary_pos_embedding, "get_pos_emb_on_this_cp_rank", _cpu_pos_emb_on_this_cp_rank),
         (fused_softmax, "get_default_causal_mask", _cpu_default_causal_mask),
         (mrandom, "_get_cuda_rng_state", _get_cpu_rng_state),
         (mrandom, "_set_cuda_rng_state", _set_cpu_rng_state),

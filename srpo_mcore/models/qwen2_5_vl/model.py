@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.enums import ModelType
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.module import MegatronModule
 
@@ -52,6 +53,7 @@ class Qwen25VLModel(MegatronModule):
         super().__init__(lm_config)
         self.arch = arch
         self.layout = layout
+        self.model_type = ModelType.encoder_or_decoder  # what Megatron's pipeline schedules look for
         self.pre_process = parallel_state.is_pipeline_first_stage()
         self.post_process = parallel_state.is_pipeline_last_stage()
         if arch.text.vocab_size % layout.tp:
@@ -80,6 +82,14 @@ class Qwen25VLModel(MegatronModule):
             )
             if layout.freeze_vision:
                 self.vision.requires_grad_(False)
+
+    # Megatron's finalize_model_grads reduces tied embedding grads through these two names.
+    @property
+    def share_embeddings_and_output_weights(self) -> bool:
+        return self.language_model.share_embeddings_and_output_weights
+
+    def shared_embedding_or_output_weight(self) -> torch.Tensor:
+        return self.language_model.shared_embedding_or_output_weight()
 
     def set_input_tensor(self, input_tensor: torch.Tensor | list[torch.Tensor]) -> None:
         """Pipeline schedules hand the previous stage's activations here."""

@@ -134,7 +134,15 @@ class VisionTower(MegatronModule):
         super().__init__(config)
         self.arch = arch
         self.packed = packed
-        self.patch_embed = torch.nn.Linear(arch.patch_dim, arch.hidden_size, bias=False, dtype=config.params_dtype)
+        # Column-parallel with gathered output: the largest vision weight is sharded too.
+        self.patch_embed = tensor_parallel.ColumnParallelLinear(
+            arch.patch_dim,
+            arch.hidden_size,
+            config=config,
+            init_method=config.init_method,
+            bias=False,
+            gather_output=True,
+        )
         self.rotary = VisionRotary(arch.head_dim, arch.rope_theta)
         self.layers = torch.nn.ModuleList(
             [build_module(layer_spec, config=config, layer_number=i + 1) for i in range(arch.depth)]
@@ -148,7 +156,7 @@ class VisionTower(MegatronModule):
         grid = grid_thw_n3.cpu()
         order, cu_window = window_index(grid, a.spatial_merge_size, a.window_size, a.patch_size)
         cu_full = frame_cu_seqlens(grid)
-        x = self.patch_embed(pixel_values_NP.to(self.patch_embed.weight.dtype))
+        x, _ = self.patch_embed(pixel_values_NP.to(self.patch_embed.weight.dtype))
         n = x.shape[0]
         order = order.to(x.device)
         x = x.view(n // unit, unit, -1)[order].reshape(n, -1)

@@ -88,7 +88,7 @@ def weight_rows(arch: Qwen25VLArch) -> list[WeightRow]:
     rows.append(WeightRow("language_model.decoder.final_layernorm.weight", ("model.norm.weight",)))
     if not arch.text.tie_word_embeddings:
         rows.append(WeightRow("language_model.output_layer.weight", ("lm_head.weight",), "copy", 0))
-    rows.append(WeightRow("vision.patch_embed.weight", ("visual.patch_embed.proj.weight",), "conv3d"))
+    rows.append(WeightRow("vision.patch_embed.weight", ("visual.patch_embed.proj.weight",), "conv3d", 0))
     for i in range(arch.vision.depth):
         rows += _vision_layer(i)
     rows += [
