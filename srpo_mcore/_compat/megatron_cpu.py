@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import os
 import types
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -166,7 +165,7 @@ def enable_megatron_cpu(*, force: bool = False) -> bool:
     from megatron.core.pipeline_parallel import schedules
     from megatron.core.tensor_parallel import random as mrandom
 
-    patches: list[tuple[Any, str, Callable[..., Any]]] = [
+    patches: list[tuple[Any, str, Any]] = [
         (torch.cuda, "current_device", _cpu_current_device),
         (torch.cuda, "current_stream", _cpu_current_stream),
         (torch.cuda, "synchronize", _cpu_synchronize),
