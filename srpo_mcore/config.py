@@ -42,6 +42,8 @@ class ModelConfig:
 
     hf_dir: str | None = None
     """Hugging Face Qwen2.5-VL checkpoint directory; its config.json overrides the shape fields."""
+    preset: Literal["none", "3b", "7b", "32b", "72b"] = "none"
+    """Qwen2.5-VL architecture preset (the released config.json values) when no hf_dir is given."""
     num_layers: int = 2
     """Language-model transformer layers."""
     hidden_size: int = 64
@@ -62,6 +64,13 @@ class ModelConfig:
     """Layer implementation: Megatron-Core local layers (CPU or GPU) or Transformer Engine (GPU)."""
     freeze_vision: bool = True
     """Freeze the vision tower and merger (the SRPO recipe trains the language model only)."""
+    fp8: Literal["none", "e4m3", "hybrid"] = "none"
+    """FP8 format of the language model's linear layers (Transformer Engine only)."""
+    fp8_recipe: Literal["delayed", "tensorwise", "blockwise", "mxfp8"] = "tensorwise"
+    """FP8 scaling recipe: delayed / tensorwise (Hopper), blockwise (Hopper, DeepSeek-style),
+    mxfp8 (Blackwell)."""
+    fp8_bf16_edge_layers: int = 0
+    """Keep this many decoder layers at each end in bf16 under FP8 (0 = all layers FP8)."""
 
 
 @dataclass
@@ -180,6 +189,18 @@ class RunConfig:
                 f"model.num_query_groups ({self.model.num_query_groups}) must divide "
                 f"model.num_attention_heads ({self.model.num_attention_heads})"
             )
+        m = self.model
+        if m.fp8 != "none":
+            if m.transformer_impl != "transformer_engine":
+                problems.append(
+                    f"model.fp8={m.fp8} needs model.transformer_impl=transformer_engine (got {m.transformer_impl})"
+                )
+            if m.dtype != "bf16":
+                problems.append(f"model.fp8={m.fp8} needs model.dtype=bf16 (got {m.dtype})")
+            if m.fp8_bf16_edge_layers and m.fp8_recipe == "delayed":
+                problems.append("model.fp8_bf16_edge_layers > 0 is not supported with model.fp8_recipe=delayed")
+            if 2 * m.fp8_bf16_edge_layers > m.num_layers:
+                problems.append(f"model.fp8_bf16_edge_layers={m.fp8_bf16_edge_layers} exceeds half of model.num_layers")
         p = self.parallel
         dims_problems = ParallelDims(
             tp=p.tp, pp=p.pp, cp=p.cp, vpp=p.vpp, sequence_parallel=p.sequence_parallel

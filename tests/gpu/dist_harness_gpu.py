@@ -1,4 +1,7 @@
-"""Run a function in one fresh torchrun-style process (Megatron's global state stays out of pytest)."""
+"""Run a function in one fresh torchrun-style process (Megatron's global state stays out of pytest).
+
+Reuses tests/dist's harness and input builders.
+"""
 
 from __future__ import annotations
 

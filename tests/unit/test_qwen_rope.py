@@ -29,7 +29,9 @@ def test_video_temporal_spacing_and_padding() -> None:
     ids = torch.tensor([[0, 0, 5] + [VID] * 2, [5] + [VID] * 2 + [6, 7]])
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     grids = torch.tensor([[2, 2, 2], [2, 2, 2]])  # 2 frames of 1x1 merged token each
-    pos, _ = get_rope_index(ids, mm_token_type_ids(ids, IMG, VID), None, grids, torch.tensor([0.5, 2.0]), mask, tokens_per_second=2)
+    pos, _ = get_rope_index(
+        ids, mm_token_type_ids(ids, IMG, VID), None, grids, torch.tensor([0.5, 2.0]), mask, tokens_per_second=2
+    )
     # sample 0: padding stays 0; text at 0; frames at t = 1 + [0, 1] (spacing 2 x 0.5 = 1)
     assert pos[:, 0].tolist() == [[0, 0, 0, 1, 2], [0, 0, 0, 1, 1], [0, 0, 0, 1, 1]]
     # sample 1: frames at t = 1 + [0, 4] (spacing 2 x 2.0); text resumes at 1 + max(2, 2) / 2 = 2

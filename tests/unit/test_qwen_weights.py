@@ -74,8 +74,8 @@ def test_presets_round_trip_through_hf_config() -> None:
 
 
 def test_bad_checkpoint_files_are_named(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"no model\.safetensors"):
         HFCheckpoint(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{truncated")
-    with pytest.raises(ValueError, match="model.safetensors"):
+    with pytest.raises(ValueError, match=r"model\.safetensors"):
         HFCheckpoint(tmp_path)

@@ -1,9 +1,9 @@
 """Layer specs of Qwen2.5-VL: Megatron-Core local layers (CPU or GPU) or Transformer Engine (GPU).
 
 Owns: the choice of implementation per tower, made explicit by ``model.transformer_impl``:
-- ``local``: Megatron-Core's local layers; norms usable with sequence parallelism; under context
-  parallelism the core attention is ``parallel.context.AllGatherKVAttention``. The vision layers
-  are non-causal and take a block-diagonal mask.
+- ``local``: Megatron-Core's local layers with norms usable with sequence parallelism and
+  ``attention.LocalAttention`` as core attention (PyTorch SDPA kernels, exact under context
+  parallelism). The vision layers are non-causal and take a block-diagonal mask.
 - ``transformer_engine``: TE layers (fused norm+linear, TE attention with its own CP and packed
   THD sequences for the vision tower); FP8 is configured on the ``TransformerConfig``.
 
@@ -21,7 +21,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 from srpo_mcore._compat.sp_norm import SequenceParallelTorchNorm, block_spec_with_sp_norms
-from srpo_mcore.parallel.context import AllGatherKVAttention
+from srpo_mcore.models.qwen2_5_vl.attention import LocalAttention
 
 
 def require_transformer_engine() -> None:
@@ -52,16 +52,14 @@ def _with_core_attention(spec: ModuleSpec, core_attention: type) -> ModuleSpec:
     )  # type: ignore[type-var]
 
 
-def language_block_spec(impl: str, num_layers: int, cp: int = 1) -> TransformerBlockSubmodules | ModuleSpec:
+def language_block_spec(impl: str, num_layers: int) -> TransformerBlockSubmodules | ModuleSpec:
     """The decoder block spec for `num_layers` layers on this pipeline stage."""
     if impl == "transformer_engine":
         require_transformer_engine()
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         return get_gpt_layer_with_transformer_engine_spec()
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-    if cp > 1:
-        spec = _with_core_attention(spec, AllGatherKVAttention)
+    spec = _with_core_attention(get_gpt_layer_local_spec(normalization="RMSNorm"), LocalAttention)
     return block_spec_with_sp_norms(spec, num_layers)
 
 
@@ -74,7 +72,8 @@ def vision_layer_spec(impl: str) -> ModuleSpec:
         spec = get_gpt_layer_with_transformer_engine_spec()
         mask = AttnMaskType.padding  # segments come as packed THD cu_seqlens
     else:
-        spec = block_spec_with_sp_norms(get_gpt_layer_local_spec(normalization="RMSNorm"), 1).layer_specs[0]
+        local = _with_core_attention(get_gpt_layer_local_spec(normalization="RMSNorm"), LocalAttention)
+        spec = block_spec_with_sp_norms(local, 1).layer_specs[0]
         mask = AttnMaskType.arbitrary
     attn = spec.submodules.self_attention  # type: ignore[union-attr]
     new_attn = ModuleSpec(

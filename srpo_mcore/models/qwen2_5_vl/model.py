@@ -23,7 +23,13 @@ from megatron.core.enums import ModelType
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.module import MegatronModule
 
-from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch, language_transformer_config, vision_transformer_config
+from srpo_mcore.config import ModelConfig, ParallelConfig
+from srpo_mcore.models.qwen2_5_vl.config import (
+    PRESETS,
+    Qwen25VLArch,
+    language_transformer_config,
+    vision_transformer_config,
+)
 from srpo_mcore.models.qwen2_5_vl.layer_specs import language_block_spec, vision_layer_spec
 from srpo_mcore.models.qwen2_5_vl.rope import get_rope_index, mm_token_type_ids
 from srpo_mcore.models.qwen2_5_vl.vision import VisionTower
@@ -41,6 +47,50 @@ class ModelLayout:
     dtype: str = "fp32"
     transformer_impl: str = "local"
     freeze_vision: bool = False
+    fp8: str = "none"
+    """none | e4m3 | hybrid (Transformer Engine only; the vision tower stays in bf16)."""
+    fp8_recipe: str = "tensorwise"
+    fp8_bf16_edge_layers: int = 0
+
+    def fp8_config(self) -> dict:
+        """TransformerConfig fields for the decoder's FP8 settings."""
+        if self.fp8 == "none":
+            return {}
+        if self.transformer_impl != "transformer_engine":
+            raise ValueError("FP8 needs transformer_impl=transformer_engine")
+        edge = self.fp8_bf16_edge_layers
+        return dict(
+            fp8=self.fp8,
+            fp8_recipe=self.fp8_recipe,
+            first_last_layers_bf16=edge > 0,
+            num_layers_at_start_in_bf16=edge,
+            num_layers_at_end_in_bf16=edge,
+        )
+
+
+def layout_from_config(model: ModelConfig, parallel: ParallelConfig) -> ModelLayout:
+    """The model layout a run's ``model`` and ``parallel`` sections describe."""
+    return ModelLayout(
+        tp=parallel.tp,
+        pp=parallel.pp,
+        cp=parallel.cp,
+        sequence_parallel=parallel.sequence_parallel,
+        dtype=model.dtype,
+        transformer_impl=model.transformer_impl,
+        freeze_vision=model.freeze_vision,
+        fp8=model.fp8,
+        fp8_recipe=model.fp8_recipe,
+        fp8_bf16_edge_layers=model.fp8_bf16_edge_layers,
+    )
+
+
+def arch_from_config(model: ModelConfig) -> Qwen25VLArch:
+    """The architecture of ``model.hf_dir``'s config.json, else of ``model.preset``."""
+    if model.hf_dir:
+        return Qwen25VLArch.from_hf(model.hf_dir)
+    if model.preset != "none":
+        return PRESETS[model.preset]
+    raise ValueError("model.hf_dir or model.preset must be set to build Qwen2.5-VL")
 
 
 class Qwen25VLModel(MegatronModule):
@@ -48,7 +98,13 @@ class Qwen25VLModel(MegatronModule):
 
     def __init__(self, arch: Qwen25VLArch, layout: ModelLayout) -> None:
         lm_config = language_transformer_config(
-            arch, tp=layout.tp, pp=layout.pp, cp=layout.cp, sp=layout.sequence_parallel, dtype=layout.dtype
+            arch,
+            tp=layout.tp,
+            pp=layout.pp,
+            cp=layout.cp,
+            sp=layout.sequence_parallel,
+            dtype=layout.dtype,
+            **layout.fp8_config(),
         )
         super().__init__(lm_config)
         self.arch = arch
@@ -56,13 +112,15 @@ class Qwen25VLModel(MegatronModule):
         self.model_type = ModelType.encoder_or_decoder  # what Megatron's pipeline schedules look for
         self.pre_process = parallel_state.is_pipeline_first_stage()
         self.post_process = parallel_state.is_pipeline_last_stage()
+        if 2 * sum(arch.text.mrope_section) != arch.text.head_dim:
+            raise ValueError(
+                f"mrope_section {list(arch.text.mrope_section)} must sum to head_dim/2 = {arch.text.head_dim // 2}"
+            )
         if arch.text.vocab_size % layout.tp:
             raise ValueError(f"vocab_size {arch.text.vocab_size} is not divisible by tp={layout.tp}")
         self.language_model = GPTModel(
             config=lm_config,
-            transformer_layer_spec=language_block_spec(
-                layout.transformer_impl, arch.text.num_layers // layout.pp, cp=layout.cp
-            ),
+            transformer_layer_spec=language_block_spec(layout.transformer_impl, arch.text.num_layers // layout.pp),
             vocab_size=arch.text.vocab_size,
             max_sequence_length=arch.text.max_position_embeddings,
             pre_process=self.pre_process,
