@@ -84,3 +84,37 @@ def test_sp_norm_tags_parameters() -> None:
     cfg.normalization = "L2Norm"
     with pytest.raises(ValueError, match="L2Norm"):
         SequenceParallelTorchNorm(cfg, 8)
+
+
+def test_pipeline_schedule_zeros_and_synchronize_on_cpu(cpu_shims) -> None:
+    from megatron.core.pipeline_parallel import schedules
+
+    t = schedules.torch.zeros([], dtype=torch.int, device="cuda")
+    assert t.device.type == "cpu" and t.dtype == torch.int
+    assert schedules.torch.ones is torch.ones  # everything else is torch's own
+    torch.cuda.synchronize()  # a no-op on CPU
+    megatron_cpu.disable_megatron_cpu()
+    assert schedules.torch is torch
+    megatron_cpu.enable_megatron_cpu(force=True)
+
+
+def test_cp_rotary_slice_matches_load_balanced_layout(cpu_shims) -> None:
+    from megatron.core.models.common.embeddings import rope_utils
+
+    from srpo_mcore.parallel.context import cp_slice
+
+    class Group:
+        def __init__(self, size: int, rank: int) -> None:
+            self._size, self._rank = size, rank
+
+        def size(self) -> int:
+            return self._size
+
+        def rank(self) -> int:
+            return self._rank
+
+    emb = torch.arange(16.0).view(16, 1, 1, 1)
+    for rank in (0, 1):
+        got = rope_utils.get_pos_emb_on_this_cp_rank(emb, 0, Group(2, rank))
+        assert torch.equal(got, cp_slice(emb, 0, 2, rank))
+    assert cp_slice(torch.arange(8), 0, 2, 0).tolist() == [0, 1, 6, 7]
