@@ -70,6 +70,11 @@ class ModelLayout:
 
 def layout_from_config(model: ModelConfig, parallel: ParallelConfig) -> ModelLayout:
     """The model layout a run's ``model`` and ``parallel`` sections describe."""
+    if parallel.vpp not in (None, 1):
+        raise NotImplementedError(
+            f"parallel.vpp={parallel.vpp}: virtual pipeline stages are not implemented for Qwen2.5-VL yet; "
+            "use parallel.vpp=null"
+        )
     return ModelLayout(
         tp=parallel.tp,
         pp=parallel.pp,
