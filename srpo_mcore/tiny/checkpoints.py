@@ -30,9 +30,10 @@ from transformers import (
 
 from srpo_mcore.tiny.tokenizer import train_tiny_tokenizer
 
+# head_dim 32 or 64 everywhere: vLLM's CPU attention kernels support no smaller head size.
 TEXT_BASE: dict[str, Any] = dict(
-    hidden_size=64,
-    intermediate_size=128,
+    hidden_size=128,
+    intermediate_size=256,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
@@ -56,15 +57,15 @@ VISION_BASE: dict[str, Any] = dict(
 
 # name -> (text overrides, vision overrides, mrope_section, tie_word_embeddings)
 TINY_CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], list[int], bool]] = {
-    # GQA (4 heads, 2 groups), untied, 2x2-merged windows of 56 px, last vision layer full attention.
-    "gqa": ({}, {}, [2, 3, 3], False),
+    # GQA (4 heads of 32, 2 groups), untied, 2x2-merged windows of 56 px, last vision layer full attention.
+    "gqa": ({}, {}, [4, 6, 6], False),
     # MHA, tied embeddings, different mrope split, full attention on the first vision layer.
-    "tied": ({"num_key_value_heads": 4}, {"window_size": 112, "fullatt_block_indexes": [0]}, [4, 2, 2], True),
-    # 4 layers (pipeline-splittable), 1 KV group, deeper vision tower with 3 heads.
+    "tied": ({"num_key_value_heads": 4}, {"window_size": 112, "fullatt_block_indexes": [0]}, [8, 4, 4], True),
+    # 4 layers (pipeline-splittable), 2 heads of 64 in 1 KV group, deeper vision tower.
     "deep": (
         {"num_hidden_layers": 4, "num_attention_heads": 2, "num_key_value_heads": 1},
         {"depth": 3, "num_heads": 2, "fullatt_block_indexes": [0, 2]},
-        [8, 4, 4],
+        [16, 8, 8],
         False,
     ),
 }
