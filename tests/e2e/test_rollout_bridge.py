@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dist"))
 
-from dist_harness import run_distributed  # noqa: E402
+from dist_harness import run_distributed
 
 NAME = "gqa"
 MAX_TOKENS = 12
@@ -36,7 +36,9 @@ def _requests(path: Path) -> list:
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (56, 84, 3), dtype=np.uint8))
 
     def chat(content: list) -> str:
-        return tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+        return tok.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
 
     return [
         RolloutRequest(chat([{"type": "image"}, {"type": "text", "text": "How many circles?"}]), (image,), key="img"),
@@ -121,7 +123,9 @@ def _worker(tp: int, pp: int, export_dir: str) -> dict:
     # 1. The export of unchanged weights is the checkpoint, bit for bit.
     ckpt = HFCheckpoint(path)
     exported = dict(iter_hf_weights(model, bucket_bytes=64 * 1024))
-    untouched_equal = set(exported) == set(ckpt.names()) and all(torch.equal(t, ckpt.get(n)) for n, t in exported.items())
+    untouched_equal = set(exported) == set(ckpt.names()) and all(
+        torch.equal(t, ckpt.get(n)) for n, t in exported.items()
+    )
 
     before = engine.generate(requests, greedy=True)
     with torch.no_grad():  # a deterministic change, identical on ranks that replicate a tensor
@@ -174,6 +178,6 @@ def test_refit_equals_fresh_engine_and_trainer(tp: int, pp: int, tmp_path: Path,
         assert r["before"] != r["after"], "the same prompts must change output after the refit (no stale cache)"
         if r["last"]:
             for eng, trn in zip(r["engine_lp"], r["trainer_lp"]):
-                assert len(eng) == len(trn) == MAX_TOKENS or len(eng) == len(trn)
+                assert 0 < len(eng) == len(trn)
                 gap = max(abs(a - b) for a, b in zip(eng, trn))
                 assert gap <= 1e-4, f"engine vs trainer logprob gap {gap:.2e}"
