@@ -14,7 +14,10 @@ Owns: the two redirections Megatron-Core needs to run forward/backward on CPU:
    ``torch.cuda.synchronize`` (after batched p2p) is a no-op on CPU.
 5. ``get_pos_emb_on_this_cp_rank`` (the rotary table of a context-parallel rank) builds its
    index with ``.cuda()``; the CPU version selects the same two load-balanced chunks.
-6. The tensor-parallel RNG tracker (``tensor_parallel.random``) keeps its named states as CPU
+6. ``LanguageModule.setup_embeddings_and_output_layer`` moves the tied output copy of the last
+   pipeline stage to CUDA before all-reducing it with the embedding; on CPU the same all-reduce
+   runs on the CPU tensor.
+7. The tensor-parallel RNG tracker (``tensor_parallel.random``) keeps its named states as CPU
    generator states: ``_get_cuda_rng_state``/``_set_cuda_rng_state`` read and write the CPU
    generator, and ``CudaRNGStatesTracker.add`` seeds a CPU state. Forking the model-parallel RNG
    then works for dropout/initialisation exactly as on GPU, on the CPU generator.
@@ -125,6 +128,35 @@ def _cpu_tracker_add(self: Any, name: str, seed: int) -> None:
     self.states_[name] = generator.get_state()
 
 
+def _cpu_setup_embeddings_and_output_layer(self: Any) -> None:
+    """Megatron's method with the tied-copy all-reduce done on CPU (its ``.cuda()`` skipped)."""
+    original = _saved[_key(_language_module(), "setup_embeddings_and_output_layer")][2]
+    meta = self.config.init_model_with_meta_device
+    self.config.init_model_with_meta_device = True  # makes the original skip its .cuda() + all_reduce
+    try:
+        original(self)
+    finally:
+        self.config.init_model_with_meta_device = meta
+    if (
+        torch.distributed.is_initialized()
+        and not meta
+        and (self.share_embeddings_and_output_weights or getattr(self.config, "mtp_num_layers", 0))
+        and self.config.pipeline_model_parallel_size > 1
+        and self._is_in_embd_group()
+    ):
+        torch.distributed.all_reduce(self.shared_embedding_or_output_weight().data, group=self.embd_group)
+
+
+def _language_module() -> Any:
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    return LanguageModule
+
+
+def _key(owner: Any, name: str) -> str:
+    return f"{id(owner)}:{name}"
+
+
 def mcore_version() -> tuple[int, int, int]:
     """Installed megatron-core version as (major, minor, patch)."""
     from megatron.core import package_info
@@ -173,13 +205,14 @@ def enable_megatron_cpu(*, force: bool = False) -> bool:
         (rope_utils, "get_pos_emb_on_this_cp_rank", _cpu_pos_emb_on_this_cp_rank),
         (rotary_pos_embedding, "get_pos_emb_on_this_cp_rank", _cpu_pos_emb_on_this_cp_rank),
         (yarn_rotary_pos_embedding, "get_pos_emb_on_this_cp_rank", _cpu_pos_emb_on_this_cp_rank),
+        (_language_module(), "setup_embeddings_and_output_layer", _cpu_setup_embeddings_and_output_layer),
         (fused_softmax, "get_default_causal_mask", _cpu_default_causal_mask),
         (mrandom, "_get_cuda_rng_state", _get_cpu_rng_state),
         (mrandom, "_set_cuda_rng_state", _set_cpu_rng_state),
         (mrandom.CudaRNGStatesTracker, "add", _cpu_tracker_add),
     ]
     for owner, name, replacement in patches:
-        _saved[f"{id(owner)}:{name}"] = (owner, name, getattr(owner, name))
+        _saved[_key(owner, name)] = (owner, name, getattr(owner, name))
         setattr(owner, name, replacement)
     return True
 

@@ -36,13 +36,15 @@ def rows_for_model(model: Qwen25VLModel) -> list[tuple[str, torch.nn.Parameter, 
 
 
 @torch.no_grad()
-def load_hf_weights(model: Qwen25VLModel, hf_dir: str | Path | HFCheckpoint) -> int:
+def load_hf_weights(model: Qwen25VLModel, hf_dir: str | Path | HFCheckpoint, *, progress: bool = False) -> int:
     """Copy this rank's shard of every parameter from the HF checkpoint; return how many."""
+    from tqdm import tqdm
+
     ckpt = hf_dir if isinstance(hf_dir, HFCheckpoint) else HFCheckpoint(hf_dir)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
     n = 0
-    for local, param, row in rows_for_model(model):
+    for local, param, row in tqdm(rows_for_model(model), desc="load", unit="tensor", disable=not progress):
         full = to_mcore(row, [ckpt.get(h) for h in row.hf], model.arch)
         shard = tp_shard(full, dim=row.tp_dim, parts=row.tp_parts, tp=tp, rank=rank)
         if shard.shape != param.shape:

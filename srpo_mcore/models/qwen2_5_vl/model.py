@@ -51,6 +51,8 @@ class ModelLayout:
     """none | e4m3 | hybrid (Transformer Engine only; the vision tower stays in bf16)."""
     fp8_recipe: str = "tensorwise"
     fp8_bf16_edge_layers: int = 0
+    init_weights: bool = True
+    """Randomly initialise parameters (False when a checkpoint overwrites them anyway)."""
 
     def fp8_config(self) -> dict:
         """TransformerConfig fields for the decoder's FP8 settings."""
@@ -109,6 +111,7 @@ class Qwen25VLModel(MegatronModule):
             cp=layout.cp,
             sp=layout.sequence_parallel,
             dtype=layout.dtype,
+            perform_initialization=layout.init_weights,
             **layout.fp8_config(),
         )
         super().__init__(lm_config)
@@ -139,7 +142,9 @@ class Qwen25VLModel(MegatronModule):
         if self.pre_process:
             # Fusion needs the full-sequence embedding; we scatter for SP ourselves after fusing.
             self.language_model.embedding.word_embeddings.reduce_scatter_embeddings = False
-            vcfg = vision_transformer_config(arch, tp=layout.tp, dtype=layout.dtype)
+            vcfg = vision_transformer_config(
+                arch, tp=layout.tp, dtype=layout.dtype, perform_initialization=layout.init_weights
+            )
             self.vision = VisionTower(
                 vcfg, arch.vision, vision_layer_spec(layout.transformer_impl), packed=layout.transformer_impl != "local"
             )

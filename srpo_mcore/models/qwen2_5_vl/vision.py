@@ -149,6 +149,22 @@ class VisionTower(MegatronModule):
         )
         self.merger = PatchMerger(config, arch)
 
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None) -> dict:
+        """Distributed-checkpoint view: each layer keeps its tensor-parallel sharding (a plain
+        ModuleList would be saved as replicated tensors)."""
+        out: dict = {}
+        for name, child in self.named_children():
+            if name == "layers":
+                for i, layer in enumerate(self.layers):
+                    out.update(layer.sharded_state_dict(f"{prefix}layers.{i}.", sharded_offsets, metadata))
+            elif isinstance(child, MegatronModule) or hasattr(child, "sharded_state_dict"):
+                out.update(child.sharded_state_dict(f"{prefix}{name}.", sharded_offsets, metadata))
+            else:
+                from megatron.core.transformer.utils import sharded_state_dict_default
+
+                out.update(sharded_state_dict_default(child, f"{prefix}{name}.", sharded_offsets, metadata))
+        return out
+
     def forward(self, pixel_values_NP: torch.Tensor, grid_thw_n3: torch.Tensor) -> torch.Tensor:
         """Merged vision features ``[M, out_hidden_size]`` in the processor's token order."""
         a = self.arch

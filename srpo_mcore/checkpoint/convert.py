@@ -1,0 +1,277 @@
+"""HF <-> Megatron-Core distributed checkpoint conversion (the library behind tools/convert_*).
+
+Owns the three conversions and their safety rules:
+
+- ``hf_to_mcore``: one process per TP x PP rank builds its model shard, loads its part of the HF
+  tensors (memory-mapped, one row of the weight map at a time) and writes a Megatron-Core
+  distributed checkpoint (``torch_dist``) collectively. Any layout loads it (resharding on load).
+- ``mcore_to_hf``: loads a Megatron checkpoint (as written here or by training) at a layout and
+  streams the weights out through the weight map into HF shards of bounded size.
+- ``reshard_mcore``: Megatron checkpoint -> Megatron checkpoint at another TP x PP layout.
+
+Inputs are validated before any work (model type, missing/unexpected/mis-shaped tensors, a TP size
+that does not divide heads/groups/vocabulary, unreadable safetensors, an existing output without
+``force``). Output goes to a temporary sibling directory renamed into place only when complete.
+A Megatron checkpoint directory carries ``srpo_mcore.json`` (architecture, dtype, layout written),
+``config.json`` and the tokenizer/processor files, so it can be exported back without the source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from srpo_mcore.checkpoint.hf_export import SIDE_FILES
+from srpo_mcore.checkpoint.hf_io import HFCheckpoint
+from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch, TextArch, VisionArch
+from srpo_mcore.models.qwen2_5_vl.weight_map import weight_rows
+from srpo_mcore.parallel.dims import ParallelDims
+from srpo_mcore.parallel.launch import spawn
+
+META = "srpo_mcore.json"
+FORMAT = "srpo-mcore/torch_dist/v1"
+
+
+class ConversionError(ValueError):
+    """Bad conversion input; the message names the file, tensor or option at fault."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def read_hf_source(hf_dir: str | Path) -> tuple[Qwen25VLArch, HFCheckpoint]:
+    """Architecture and tensors of an HF checkpoint, checked against the weight map."""
+    hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").exists():
+        raise ConversionError(f"{hf_dir}: no config.json (not an HF checkpoint directory)")
+    try:
+        arch = Qwen25VLArch.from_hf(hf_dir)
+    except (ValueError, KeyError) as e:
+        raise ConversionError(f"{hf_dir / 'config.json'}: {e}") from e
+    try:
+        ckpt = HFCheckpoint(hf_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConversionError(str(e)) from e
+    expected = {h for row in weight_rows(arch) for h in row.hf}
+    names = set(ckpt.names())
+    if arch.text.tie_word_embeddings:
+        names.discard("lm_head.weight")  # some tied checkpoints still store the copy
+    missing, unexpected = sorted(expected - names), sorted(names - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(
+                f"missing tensors ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
+            )
+        if unexpected:
+            parts.append(
+                f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
+            )
+        raise ConversionError(f"{hf_dir}: does not match the Qwen2.5-VL weight map: " + "; ".join(parts))
+    return arch, ckpt
+
+
+def check_layout(arch: Qwen25VLArch, tp: int, pp: int) -> None:
+    """Raise ConversionError naming every rule the TP x PP layout breaks for `arch`."""
+    problems = ParallelDims(tp=tp, pp=pp).problems(
+        num_attention_heads=arch.text.num_attention_heads,
+        num_query_groups=arch.text.num_query_groups,
+        num_layers=arch.text.num_layers,
+        vision_num_heads=arch.vision.num_heads,
+    )
+    if arch.text.vocab_size % tp:
+        problems.append(f"--tp {tp} does not divide the vocabulary size {arch.text.vocab_size}")
+    if problems:
+        raise ConversionError("invalid layout: " + "; ".join(p.replace("parallel.", "--") for p in problems))
+
+
+def _prepare_output(out: Path, force: bool) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ConversionError(f"{out}: already exists and is not empty; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+def _finish(tmp: Path, out: Path) -> Path:
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    tmp.rename(out)
+    return out
+
+
+def _copy_side_files(src: Path, dst: Path) -> None:
+    for name in (*SIDE_FILES, "config.json"):
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+
+
+def read_meta(mcore_dir: str | Path) -> dict[str, Any]:
+    """The ``srpo_mcore.json`` of a Megatron checkpoint directory (with the architecture parsed)."""
+    path = Path(mcore_dir) / META
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConversionError(f"{mcore_dir}: no {META} (not a checkpoint written by srpo-mcore)") from None
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{path}: not valid JSON ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise ConversionError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    a = meta["arch"]
+    meta["arch"] = Qwen25VLArch(
+        text=TextArch(**{**a["text"], "mrope_section": tuple(a["text"]["mrope_section"])}),
+        vision=VisionArch(**{**a["vision"], "fullatt_block_indexes": tuple(a["vision"]["fullatt_block_indexes"])}),
+        **{k: v for k, v in a.items() if k not in ("text", "vision")},
+    )
+    return meta
+
+
+def _write_meta(out: Path, arch: Qwen25VLArch, dtype: str, tp: int, pp: int) -> None:
+    meta = {"format": FORMAT, "arch": dataclasses.asdict(arch), "dtype": dtype, "written_tp": tp, "written_pp": pp}
+    (out / META).write_text(json.dumps(meta, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers (one process per rank)
+# ---------------------------------------------------------------------------------------------
+
+
+def _build(arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> Any:
+    from megatron.core import tensor_parallel
+
+    from srpo_mcore.models.qwen2_5_vl.model import ModelLayout, Qwen25VLModel
+    from srpo_mcore.parallel.setup import init_parallel
+
+    init_parallel(ParallelDims(tp=tp, pp=pp))
+    tensor_parallel.model_parallel_cuda_manual_seed(0)
+    return Qwen25VLModel(arch, ModelLayout(tp=tp, pp=pp, dtype=dtype, init_weights=False))
+
+
+def _load_mcore(model: Any, mcore_dir: str) -> None:
+    from megatron.core import dist_checkpointing
+
+    state = dist_checkpointing.load(model.sharded_state_dict(), mcore_dir)
+    model.load_state_dict(state, strict=True)
+
+
+def _save_mcore(model: Any, out_dir: str) -> None:
+    from megatron.core import dist_checkpointing
+
+    dist_checkpointing.save(model.sharded_state_dict(), out_dir)
+
+
+def _hf_to_mcore_worker(hf_dir: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> int:
+    import torch.distributed as dist
+
+    from srpo_mcore.checkpoint.load_hf import load_hf_weights
+    from srpo_mcore.parallel.setup import destroy_parallel
+
+    model = _build(arch, tp, pp, dtype)
+    n = load_hf_weights(model, hf_dir, progress=dist.get_rank() == 0)
+    _save_mcore(model, tmp)
+    destroy_parallel()
+    return n
+
+
+def _reshard_worker(src: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> None:
+    from srpo_mcore.parallel.setup import destroy_parallel
+
+    model = _build(arch, tp, pp, dtype)
+    _load_mcore(model, src)
+    _save_mcore(model, tmp)
+    destroy_parallel()
+
+
+def _mcore_to_hf_worker(
+    src: str, tmp_out: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str, max_shard_bytes: int
+) -> None:
+    import torch.distributed as dist
+
+    from srpo_mcore.checkpoint.hf_export import write_hf_checkpoint
+    from srpo_mcore.parallel.setup import destroy_parallel
+    from srpo_mcore.rollout.refit import iter_hf_weights
+
+    model = _build(arch, tp, pp, dtype)
+    _load_mcore(model, src)
+    weights = iter_hf_weights(model)
+    if dist.get_rank() == 0:
+        from tqdm import tqdm
+
+        total = sum(len(r.hf) for r in weight_rows(arch))
+        write_hf_checkpoint(
+            tqdm(weights, total=total, desc="export", unit="tensor"),
+            arch,
+            tmp_out,
+            source_dir=src,
+            max_shard_bytes=max_shard_bytes,
+            force=True,
+        )
+    else:
+        for _ in weights:  # the gathers are collective: every rank walks every row
+            pass
+    dist.barrier()
+    destroy_parallel()
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+
+def hf_to_mcore(
+    hf_dir: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, dtype: str = "bf16", force: bool = False
+) -> Path:
+    """Convert an HF Qwen2.5-VL checkpoint into a Megatron-Core distributed checkpoint."""
+    hf_dir, out = Path(hf_dir), Path(out)
+    arch, _ = read_hf_source(hf_dir)
+    check_layout(arch, tp, pp)
+    tmp = _prepare_output(out, force)
+    try:
+        spawn(_hf_to_mcore_worker, tp * pp, str(hf_dir), str(tmp), arch, tp, pp, dtype)
+        _copy_side_files(hf_dir, tmp)
+        _write_meta(tmp, arch, dtype, tp, pp)
+        return _finish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def reshard_mcore(src: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, force: bool = False) -> Path:
+    """Rewrite a Megatron checkpoint at another TP x PP layout."""
+    src, out = Path(src), Path(out)
+    meta = read_meta(src)
+    arch = meta["arch"]
+    check_layout(arch, tp, pp)
+    tmp = _prepare_output(out, force)
+    try:
+        spawn(_reshard_worker, tp * pp, str(src), str(tmp), arch, tp, pp, meta["dtype"])
+        _copy_side_files(src, tmp)
+        _write_meta(tmp, arch, meta["dtype"], tp, pp)
+        return _finish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def mcore_to_hf(
+    src: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, force: bool = False, max_shard_bytes: int = 5 * 2**30
+) -> Path:
+    """Export a Megatron checkpoint as an HF checkpoint (loading it at TP x PP ranks)."""
+    src, out = Path(src), Path(out)
+    meta = read_meta(src)
+    arch = meta["arch"]
+    check_layout(arch, tp, pp)
+    tmp = _prepare_output(out, force)
+    try:
+        spawn(_mcore_to_hf_worker, tp * pp, str(src), str(tmp / "hf"), arch, tp, pp, meta["dtype"], max_shard_bytes)
+        result = _finish(tmp / "hf", out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return result
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
