@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Benchmark checkpoint conversion on a synthetic checkpoint with real Qwen2.5-VL-7B shapes.
+
+Writes a random bf16 HF checkpoint (7B widths, vocabulary and vision width; fewer layers; >= 2 GB),
+then times HF -> Megatron and Megatron -> HF against the limit of this machine: reading every
+tensor of the same checkpoint with safetensors and writing it back out. Also reports the peak RSS
+of the largest conversion process next to the largest tensor and the checkpoint size.
+
+    .venv/bin/python tools/bench_convert.py [--layers 2] [--vision-depth 4] [--tp 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+
+def synthetic_checkpoint(out: Path, layers: int, vision_depth: int, shard_bytes: int = 2**30) -> tuple[int, int]:
+    """Random bf16 tensors under every HF name of a 7B-shaped model; returns (bytes, largest tensor bytes)."""
+    from safetensors.torch import save_file
+
+    from srpo_mcore.models.qwen2_5_vl.config import PRESETS
+    from srpo_mcore.models.qwen2_5_vl.weight_map import to_hf, weight_rows
+    from srpo_mcore.tiny.checkpoints import tiny_processor
+
+    base = PRESETS["7b"]
+    arch = replace(
+        base,
+        text=replace(base.text, num_layers=layers),
+        vision=replace(base.vision, depth=vision_depth, fullatt_block_indexes=(vision_depth - 1,)),
+    )
+    out.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    shard: dict[str, torch.Tensor] = {}
+    held = total = largest = 0
+    index: dict[str, str] = {}
+    files = 0
+
+    def flush() -> None:
+        nonlocal files, shard, held
+        files += 1
+        name = f"model-{files:05d}.safetensors"
+        save_file(shard, str(out / name))
+        index.update(dict.fromkeys(shard, name))
+        shard, held = {}, 0
+
+    for row in weight_rows(arch):
+        shapes = [t.shape for _, t in to_hf(row, _meta_full(row, arch), arch)]
+        for name, shape in zip(row.hf, shapes):
+            t = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+            shard[name] = t
+            nbytes = t.numel() * 2
+            held, total, largest = held + nbytes, total + nbytes, max(largest, nbytes)
+            if held >= shard_bytes:
+                flush()
+    if shard:
+        flush()
+    import json
+
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": index})
+    )
+    arch.to_hf().to_json_file(str(out / "config.json"))
+    tiny_processor().save_pretrained(out)
+    return total, largest
+
+
+def _meta_full(row, arch):  # type: ignore[no-untyped-def]
+    """A meta tensor with the full Megatron shape of `row` (derived from the HF shapes by the map)."""
+    t, v = arch.text, arch.vision
+    h, f, d, g, n = t.hidden_size, t.ffn_hidden_size, t.head_dim, t.num_query_groups, t.num_attention_heads
+    name = row.mcore
+    shapes = {
+        "word_embeddings.weight": (t.vocab_size, h),
+        "output_layer.weight": (t.vocab_size, h),
+        "final_layernorm.weight": (h,),
+        "patch_embed.weight": (v.hidden_size, v.patch_dim),
+        "merger.ln_q.weight": (v.hidden_size,),
+        "merger.fc1.weight": (4 * v.hidden_size, 4 * v.hidden_size),
+        "merger.fc1.bias": (4 * v.hidden_size,),
+        "merger.fc2.weight": (v.out_hidden_size, 4 * v.hidden_size),
+        "merger.fc2.bias": (v.out_hidden_size,),
+    }
+    for suffix, shape in shapes.items():
+        if name.endswith(suffix):
+            return torch.empty(shape, device="meta")
+    vis = name.startswith("vision.")
+    hh, ff, heads = (v.hidden_size, v.intermediate_size, v.num_heads) if vis else (h, f, n)
+    dd = v.head_dim if vis else d
+    qkv_out = 3 * hh if vis else (n + 2 * g) * d
+    layer = {
+        "input_layernorm.weight": (hh,),
+        "pre_mlp_layernorm.weight": (hh,),
+        "linear_qkv.weight": (qkv_out, hh),
+        "linear_qkv.bias": (qkv_out,),
+        "linear_proj.weight": (hh, heads * dd),
+        "linear_proj.bias": (hh,),
+        "linear_fc1.weight": (2 * ff, hh),
+        "linear_fc1.bias": (2 * ff,),
+        "linear_fc2.weight": (hh, ff),
+        "linear_fc2.bias": (hh,),
+    }
+    for suffix, shape in layer.items():
+        if name.endswith(suffix):
+            return torch.empty(shape, device="meta")
+    raise KeyError(name)
+
+
+def plain_copy(src: Path, dst: Path) -> float:
+    """Seconds to read every tensor with safetensors and write it back out (the I/O limit)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    dst.mkdir()
+    start = time.perf_counter()
+    for f in sorted(src.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as h:
+            tensors = {k: h.get_tensor(k) for k in h.keys()}  # noqa: SIM118
+        save_file(tensors, str(dst / f.name))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--vision-depth", type=int, default=4)
+    parser.add_argument("--tp", type=int, default=1, help="ranks used by the conversions")
+    parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    args = parser.parse_args()
+
+    from srpo_mcore.checkpoint.convert import hf_to_mcore, mcore_to_hf
+
+    root = Path(tempfile.mkdtemp(dir=args.dir))
+    try:
+        start = time.perf_counter()
+        total, largest = synthetic_checkpoint(root / "hf", args.layers, args.vision_depth)
+        print(
+            f"synthetic checkpoint: {total / 1e9:.2f} GB, largest tensor {largest / 1e9:.2f} GB ({time.perf_counter() - start:.0f} s to write)"
+        )
+        limit_s = plain_copy(root / "hf", root / "copy")
+        shutil.rmtree(root / "copy")
+        start = time.perf_counter()
+        hf_to_mcore(root / "hf", root / "mcore", tp=args.tp, dtype="bf16")
+        h2m = time.perf_counter() - start
+        start = time.perf_counter()
+        mcore_to_hf(root / "mcore", root / "out", tp=args.tp)
+        m2h = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\n| {'path':<40} | {'GB/s':>6} | {'seconds':>8} | {'vs limit':>8} |")
+    print(f"|{'-' * 42}|{'-' * 8}|{'-' * 10}|{'-' * 10}|")
+    for name, sec in (
+        ("safetensors read + write (the limit)", limit_s),
+        (f"HF -> Megatron (tp={args.tp})", h2m),
+        (f"Megatron -> HF (tp={args.tp})", m2h),
+    ):
+        print(f"| {name:<40} | {total / sec / 1e9:>6.2f} | {sec:>8.1f} | {limit_s / sec:>8.0%} |")
+    print(
+        f"\npeak RSS of the largest conversion process: {peak / 1e9:.2f} GB "
+        f"(largest tensor {largest / 1e9:.2f} GB, checkpoint {total / 1e9:.2f} GB, {os.cpu_count()} cores)"
+    )
+
+
+if __name__ == "__main__":
+    main()
