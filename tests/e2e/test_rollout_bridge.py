@@ -181,3 +181,51 @@ def test_refit_equals_fresh_engine_and_trainer(tp: int, pp: int, tmp_path: Path,
                 assert 0 < len(eng) == len(trn)
                 gap = max(abs(a - b) for a, b in zip(eng, trn))
                 assert gap <= 1e-4, f"engine vs trainer logprob gap {gap:.2e}"
+
+
+def _frozen_vision_worker() -> dict:
+    import torch
+    from megatron.core import tensor_parallel
+
+    from srpo_mcore.checkpoint.load_hf import load_hf_weights
+    from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch
+    from srpo_mcore.models.qwen2_5_vl.model import ModelLayout, Qwen25VLModel
+    from srpo_mcore.models.qwen2_5_vl.weight_map import weight_rows
+    from srpo_mcore.parallel.dims import ParallelDims
+    from srpo_mcore.parallel.setup import destroy_parallel, init_parallel
+    from srpo_mcore.rollout.engine import RolloutEngine
+    from srpo_mcore.rollout.refit import iter_hf_weights
+    from srpo_mcore.tiny.checkpoints import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(NAME)
+    init_parallel(ParallelDims())
+    tensor_parallel.model_parallel_cuda_manual_seed(0)
+    arch = Qwen25VLArch.from_hf(path)
+    model = Qwen25VLModel(arch, ModelLayout(freeze_vision=True))
+    load_hf_weights(model, path)
+    engine = RolloutEngine(path, _rollout_cfg(), dtype="fp32")
+    requests = _requests(path)[:1]
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # what training can change: the language model only
+                p.add_(0.05 * torch.sin(1000.0 * p))
+    partial = engine.update_weights(iter_hf_weights(model, include_vision=False))
+    after_partial = engine.generate(requests, greedy=True)[0][0]
+    full = engine.update_weights(iter_hf_weights(model))
+    after_full = engine.generate(requests, greedy=True)[0][0]
+    text_tensors = sum(len(r.hf) for r in weight_rows(arch) if not r.mcore.startswith("vision."))
+    engine.close()
+    destroy_parallel()
+    return {
+        "partial": partial.tensors,
+        "full": full.tensors,
+        "text_tensors": text_tensors,
+        "same": (after_partial.token_ids, after_partial.logprobs) == (after_full.token_ids, after_full.logprobs),
+    }
+
+
+def test_frozen_vision_refit_moves_only_language_model_weights(tiny_checkpoint) -> None:
+    tiny_checkpoint(NAME)
+    (r,) = run_distributed(_frozen_vision_worker, 1)
+    assert r["partial"] == r["text_tensors"] < r["full"]
+    assert r["same"], "a text-only refit serves the same model as a full refit when the vision tower is frozen"

@@ -79,3 +79,16 @@ def test_bad_checkpoint_files_are_named(tmp_path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{truncated")
     with pytest.raises(ValueError, match=r"model\.safetensors"):
         HFCheckpoint(tmp_path)
+
+
+def test_transformer_engine_needs_gpu_and_te() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from srpo_mcore.models.qwen2_5_vl.layer_specs import language_block_spec, vision_layer_spec
+
+    for build in (
+        lambda: language_block_spec("transformer_engine", 2),
+        lambda: vision_layer_spec("transformer_engine"),
+    ):
+        with pytest.raises(RuntimeError, match="transformer_impl=transformer_engine needs a CUDA GPU"):
+            build()
