@@ -22,6 +22,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -223,55 +224,58 @@ def _mcore_to_hf_worker(
 # ---------------------------------------------------------------------------------------------
 
 
+def _atomically(out: Path, force: bool, write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp)` into a temporary sibling of `out`, then rename it into place."""
+    tmp = _prepare_output(out, force)
+    try:
+        write(tmp)
+        return _finish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def hf_to_mcore(
     hf_dir: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, dtype: str = "bf16", force: bool = False
 ) -> Path:
     """Convert an HF Qwen2.5-VL checkpoint into a Megatron-Core distributed checkpoint."""
-    hf_dir, out = Path(hf_dir), Path(out)
+    hf_dir = Path(hf_dir)
     arch, _ = read_hf_source(hf_dir)
     check_layout(arch, tp, pp)
-    tmp = _prepare_output(out, force)
-    try:
+
+    def write(tmp: Path) -> None:
         spawn(_hf_to_mcore_worker, tp * pp, str(hf_dir), str(tmp), arch, tp, pp, dtype)
         _copy_side_files(hf_dir, tmp)
         _write_meta(tmp, arch, dtype, tp, pp)
-        return _finish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    return _atomically(Path(out), force, write)
 
 
 def reshard_mcore(src: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, force: bool = False) -> Path:
     """Rewrite a Megatron checkpoint at another TP x PP layout."""
-    src, out = Path(src), Path(out)
+    src = Path(src)
     meta = read_meta(src)
     arch = meta["arch"]
     check_layout(arch, tp, pp)
-    tmp = _prepare_output(out, force)
-    try:
+
+    def write(tmp: Path) -> None:
         spawn(_reshard_worker, tp * pp, str(src), str(tmp), arch, tp, pp, meta["dtype"])
         _copy_side_files(src, tmp)
         _write_meta(tmp, arch, meta["dtype"], tp, pp)
-        return _finish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    return _atomically(Path(out), force, write)
 
 
 def mcore_to_hf(
     src: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, force: bool = False, max_shard_bytes: int = 5 * 2**30
 ) -> Path:
     """Export a Megatron checkpoint as an HF checkpoint (loading it at TP x PP ranks)."""
-    src, out = Path(src), Path(out)
+    src = Path(src)
     meta = read_meta(src)
     arch = meta["arch"]
     check_layout(arch, tp, pp)
-    tmp = _prepare_output(out, force)
-    try:
-        spawn(_mcore_to_hf_worker, tp * pp, str(src), str(tmp / "hf"), arch, tp, pp, meta["dtype"], max_shard_bytes)
-        result = _finish(tmp / "hf", out)
-        shutil.rmtree(tmp, ignore_errors=True)
-        return result
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    def write(tmp: Path) -> None:
+        spawn(_mcore_to_hf_worker, tp * pp, str(src), str(tmp), arch, tp, pp, meta["dtype"], max_shard_bytes)
+
+    return _atomically(Path(out), force, write)

@@ -11,7 +11,6 @@ Qwen2.5-VL on top of this), nor process-group setup (``srpo_mcore.parallel.setup
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -19,14 +18,11 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from srpo_mcore._compat.sp_norm import block_spec_with_sp_norms
 from srpo_mcore.config import ModelConfig, ParallelConfig
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from srpo_mcore.models.qwen2_5_vl.config import common_transformer_kwargs
 
 
 def transformer_config(model: ModelConfig, parallel: ParallelConfig) -> TransformerConfig:
     """Megatron-Core TransformerConfig of a Qwen2-style decoder for this layout."""
-    dtype = DTYPES[model.dtype]
-    on_cpu = not torch.cuda.is_available()
     return TransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -34,30 +30,15 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig) -> Transfor
         num_query_groups=model.num_query_groups,
         ffn_hidden_size=model.ffn_hidden_size,
         kv_channels=model.hidden_size // model.num_attention_heads,
-        normalization="RMSNorm",
         layernorm_epsilon=1e-6,
-        gated_linear_unit=True,
-        activation_func=F.silu,
         add_bias_linear=False,
         add_qkv_bias=True,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
-        persist_layer_norm=False,
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
         context_parallel_size=parallel.cp,
         sequence_parallel=parallel.sequence_parallel,
-        params_dtype=dtype,
-        pipeline_dtype=dtype,
-        bf16=dtype is torch.bfloat16,
-        fp16=dtype is torch.float16,
-        use_cpu_initialization=on_cpu,
         init_method_std=0.02,
+        **common_transformer_kwargs(model.dtype, not torch.cuda.is_available()),
     )
 
 

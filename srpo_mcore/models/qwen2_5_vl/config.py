@@ -201,7 +201,9 @@ PRESETS: dict[str, Qwen25VLArch] = {
 }
 
 
-def _common(dtype: str, on_cpu: bool) -> dict[str, Any]:
+def common_transformer_kwargs(dtype: str, on_cpu: bool) -> dict[str, Any]:
+    """TransformerConfig fields every Qwen2-style tower shares: no dropout, no fused kernels that
+    need apex/TE, RMSNorm + SwiGLU, and CPU initialisation where there is no GPU."""
     d = DTYPES[dtype]
     return dict(
         hidden_dropout=0.0,
@@ -243,7 +245,7 @@ def language_transformer_config(
         pipeline_model_parallel_size=pp,
         context_parallel_size=cp,
         sequence_parallel=sp,
-        **_common(dtype, not torch.cuda.is_available()),
+        **common_transformer_kwargs(dtype, not torch.cuda.is_available()),
         **extra,
     )
 
@@ -271,6 +273,6 @@ def vision_transformer_config(
         pipeline_model_parallel_size=1,
         context_parallel_size=1,
         sequence_parallel=False,
-        **_common(dtype, not torch.cuda.is_available()),
+        **common_transformer_kwargs(dtype, not torch.cuda.is_available()),
         **extra,
     )
