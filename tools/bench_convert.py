@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -147,13 +146,14 @@ def main() -> None:
         )
         limit_s = plain_copy(root / "hf", root / "copy")
         shutil.rmtree(root / "copy")
+        h2m_stats: dict[str, int] = {}
+        m2h_stats: dict[str, int] = {}
         start = time.perf_counter()
-        hf_to_mcore(root / "hf", root / "mcore", tp=args.tp, dtype="bf16")
+        hf_to_mcore(root / "hf", root / "mcore", tp=args.tp, dtype="bf16", stats=h2m_stats)
         h2m = time.perf_counter() - start
         start = time.perf_counter()
-        mcore_to_hf(root / "mcore", root / "out", tp=args.tp)
+        mcore_to_hf(root / "mcore", root / "out", tp=args.tp, stats=m2h_stats)
         m2h = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\n| {'path':<40} | {'GB/s':>6} | {'seconds':>8} | {'vs limit':>8} |")
@@ -165,8 +165,9 @@ def main() -> None:
     ):
         print(f"| {name:<40} | {total / sec / 1e9:>6.2f} | {sec:>8.1f} | {limit_s / sec:>8.0%} |")
     print(
-        f"\npeak RSS of the largest conversion process: {peak / 1e9:.2f} GB "
-        f"(largest tensor {largest / 1e9:.2f} GB, checkpoint {total / 1e9:.2f} GB, {os.cpu_count()} cores)"
+        f"\npeak RSS of the largest rank process (VmHWM): HF->Megatron {h2m_stats['peak_rss_bytes'] / 1e9:.2f} GB, "
+        f"Megatron->HF {m2h_stats['peak_rss_bytes'] / 1e9:.2f} GB; largest tensor {largest / 1e9:.2f} GB, "
+        f"checkpoint {total / 1e9:.2f} GB ({os.cpu_count()} cores, {args.tp} rank(s))"
     )
 
 

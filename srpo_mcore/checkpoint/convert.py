@@ -142,6 +142,18 @@ def _write_meta(out: Path, arch: Qwen25VLArch, dtype: str, tp: int, pp: int) -> 
 # ---------------------------------------------------------------------------------------------
 
 
+def _peak_rss() -> int:
+    """This process's resident-set high-water mark in bytes (VmHWM of its own address space:
+    unlike ru_maxrss it does not inherit the parent's peak across fork+exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _build(arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> Any:
     from megatron.core import tensor_parallel
 
@@ -173,24 +185,25 @@ def _hf_to_mcore_worker(hf_dir: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: 
     from srpo_mcore.parallel.setup import destroy_parallel
 
     model = _build(arch, tp, pp, dtype)
-    n = load_hf_weights(model, hf_dir, progress=dist.get_rank() == 0)
+    load_hf_weights(model, hf_dir, progress=dist.get_rank() == 0)
     _save_mcore(model, tmp)
     destroy_parallel()
-    return n
+    return _peak_rss()
 
 
-def _reshard_worker(src: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> None:
+def _reshard_worker(src: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> int:
     from srpo_mcore.parallel.setup import destroy_parallel
 
     model = _build(arch, tp, pp, dtype)
     _load_mcore(model, src)
     _save_mcore(model, tmp)
     destroy_parallel()
+    return _peak_rss()
 
 
 def _mcore_to_hf_worker(
     src: str, tmp_out: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str, max_shard_bytes: int
-) -> None:
+) -> int:
     import torch.distributed as dist
 
     from srpo_mcore.checkpoint.hf_export import write_hf_checkpoint
@@ -217,6 +230,7 @@ def _mcore_to_hf_worker(
             pass
     dist.barrier()
     destroy_parallel()
+    return _peak_rss()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,15 +250,27 @@ def _atomically(out: Path, force: bool, write: Callable[[Path], None]) -> Path:
 
 
 def hf_to_mcore(
-    hf_dir: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, dtype: str = "bf16", force: bool = False
+    hf_dir: str | Path,
+    out: str | Path,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: str = "bf16",
+    force: bool = False,
+    stats: dict[str, int] | None = None,
 ) -> Path:
-    """Convert an HF Qwen2.5-VL checkpoint into a Megatron-Core distributed checkpoint."""
+    """Convert an HF Qwen2.5-VL checkpoint into a Megatron-Core distributed checkpoint.
+
+    `stats`, when given, receives ``peak_rss_bytes`` of the largest rank process.
+    """
     hf_dir = Path(hf_dir)
     arch, _ = read_hf_source(hf_dir)
     check_layout(arch, tp, pp)
 
     def write(tmp: Path) -> None:
-        spawn(_hf_to_mcore_worker, tp * pp, str(hf_dir), str(tmp), arch, tp, pp, dtype)
+        peaks = spawn(_hf_to_mcore_worker, tp * pp, str(hf_dir), str(tmp), arch, tp, pp, dtype)
+        if stats is not None:
+            stats["peak_rss_bytes"] = max(peaks)
         _copy_side_files(hf_dir, tmp)
         _write_meta(tmp, arch, dtype, tp, pp)
 
@@ -267,15 +293,27 @@ def reshard_mcore(src: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1,
 
 
 def mcore_to_hf(
-    src: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, force: bool = False, max_shard_bytes: int = 5 * 2**30
+    src: str | Path,
+    out: str | Path,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    force: bool = False,
+    max_shard_bytes: int = 5 * 2**30,
+    stats: dict[str, int] | None = None,
 ) -> Path:
-    """Export a Megatron checkpoint as an HF checkpoint (loading it at TP x PP ranks)."""
+    """Export a Megatron checkpoint as an HF checkpoint (loading it at TP x PP ranks).
+
+    `stats`, when given, receives ``peak_rss_bytes`` of the largest rank process.
+    """
     src = Path(src)
     meta = read_meta(src)
     arch = meta["arch"]
     check_layout(arch, tp, pp)
 
     def write(tmp: Path) -> None:
-        spawn(_mcore_to_hf_worker, tp * pp, str(src), str(tmp), arch, tp, pp, meta["dtype"], max_shard_bytes)
+        peaks = spawn(_mcore_to_hf_worker, tp * pp, str(src), str(tmp), arch, tp, pp, meta["dtype"], max_shard_bytes)
+        if stats is not None:
+            stats["peak_rss_bytes"] = max(peaks)
 
     return _atomically(Path(out), force, write)
