@@ -36,7 +36,7 @@ def test_pathological_input_costs_at_most_the_bound() -> None:
     start = time.monotonic()
     v = bounded_verify(PATHOLOGICAL, "3", timeout_s=1.0)
     assert v.timed_out and not v.correct
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 2.0  # the 1 s bound plus slack for a loaded machine
     with AnswerVerifier(num_workers=2, timeout_s=1.0) as pool:
         pool.verify([("1", "1")])  # workers started
         start = time.monotonic()
@@ -44,7 +44,7 @@ def test_pathological_input_costs_at_most_the_bound() -> None:
         elapsed = time.monotonic() - start
     assert [v.method for v in out] == ["timeout", "string", "math"]
     assert [v.correct for v in out] == [False, True, True]
-    assert elapsed < 2.5, elapsed
+    assert elapsed < 4.0, elapsed  # one bounded pair (1 s) + two quick ones, with slack
 
 
 def test_stuck_worker_is_killed_and_replaced() -> None:
