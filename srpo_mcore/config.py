@@ -181,6 +181,30 @@ class RolloutConfig:
 
 
 @dataclass
+class GRPOConfig:
+    """Group-relative advantages and the clipped policy loss (SRPO stage 2)."""
+
+    normalize_std: bool = True
+    """Divide (reward - group mean) by the group std; False keeps only the mean baseline."""
+    eps: float = 1e-6
+    """Added to the group std."""
+    filter_accuracy: bool = True
+    """Keep only groups whose mean accuracy lies in [accuracy_low, accuracy_high]."""
+    accuracy_low: float = 0.1
+    """Lower bound of the accuracy filter (inclusive)."""
+    accuracy_high: float = 0.9
+    """Upper bound of the accuracy filter (inclusive)."""
+    clip_low: float = 0.2
+    """PPO ratio clip below 1 (ratio >= 1 - clip_low)."""
+    clip_high: float = 0.2
+    """PPO ratio clip above 1 (ratio <= 1 + clip_high)."""
+    aggregation: Literal["token_mean", "seq_mean"] = "token_mean"
+    """token_mean: mean over all response tokens of the batch; seq_mean: mean of per-sequence means."""
+    kl_coef: float = 0.0
+    """Weight of the k3 KL to a frozen reference model; 0 (the released recipe) builds no reference."""
+
+
+@dataclass
 class LoggingConfig:
     """Where and how a run reports."""
 
@@ -206,6 +230,7 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self, world_size: int | None = None) -> None:
@@ -221,6 +246,13 @@ class RunConfig:
             )
         if r.verify_timeout_s <= 0:
             problems.append(f"reward.verify_timeout_s must be > 0, got {r.verify_timeout_s}")
+        g = self.grpo
+        if not 0.0 <= g.accuracy_low <= g.accuracy_high <= 1.0:
+            problems.append(
+                f"grpo.accuracy_low ({g.accuracy_low}) and grpo.accuracy_high ({g.accuracy_high}) must satisfy 0 <= low <= high <= 1"
+            )
+        if g.clip_low < 0 or g.clip_high < 0 or g.kl_coef < 0 or g.eps <= 0:
+            problems.append("grpo.clip_low, grpo.clip_high and grpo.kl_coef must be >= 0 and grpo.eps > 0")
         ro = self.rollout
         if ro.n < 1 or ro.max_tokens < 1:
             problems.append(f"rollout.n and rollout.max_tokens must be >= 1 (got {ro.n}, {ro.max_tokens})")

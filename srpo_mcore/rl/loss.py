@@ -1,0 +1,73 @@
+"""The clipped policy-gradient loss of GRPO, with optional k3 KL, and its diagnostics.
+
+Owns: ``policy_loss`` — PPO-style clipped surrogate on per-token ratios ``exp(logp - logp_old)``
+with separate low/high clip ranges, aggregated as a token mean over the batch (default) or a mean
+of per-sequence means; optional ``kl_coef`` x k3 estimator ``exp(ref - logp) - (ref - logp) - 1``
+against a frozen reference; and the metrics users watch (clip fraction, approximate KL to the
+behaviour policy, mean ratio, KL to the reference).
+
+Legend: ``B`` sequences, ``T`` response tokens (padded); ``mask_BT`` is 1 on real response tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def k3_kl(logprobs_BT: torch.Tensor, ref_logprobs_BT: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi || ref): ``exp(ref - logp) - (ref - logp) - 1`` (>= 0)."""
+    d = ref_logprobs_BT - logprobs_BT
+    return torch.exp(d) - d - 1.0
+
+
+def _aggregate(x_BT: torch.Tensor, mask_BT: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "token_mean":
+        return (x_BT * mask_BT).sum() / mask_BT.sum().clamp_min(1)
+    if how == "seq_mean":
+        per_seq = (x_BT * mask_BT).sum(dim=1) / mask_BT.sum(dim=1).clamp_min(1)
+        return per_seq.mean()
+    raise ValueError(f"grpo.aggregation must be token_mean or seq_mean, got {how!r}")
+
+
+def policy_loss(
+    logprobs_BT: torch.Tensor,
+    old_logprobs_BT: torch.Tensor,
+    advantages_B: torch.Tensor,
+    mask_BT: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    aggregation: str = "token_mean",
+    kl_coef: float = 0.0,
+    ref_logprobs_BT: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss to minimise and its metrics.
+
+    Args:
+        logprobs_BT: Current policy's logprobs of the sampled tokens (requires grad).
+        old_logprobs_BT: Behaviour policy's logprobs (the rollout's), no grad.
+        advantages_B: One advantage per sequence (broadcast over its tokens).
+        mask_BT: 1 for response tokens that count, 0 for padding.
+        kl_coef: Weight of the k3 KL; needs `ref_logprobs_BT` when > 0.
+    """
+    mask = mask_BT.to(logprobs_BT.dtype)
+    adv = advantages_B.to(logprobs_BT.dtype)[:, None]
+    ratio = torch.exp(logprobs_BT - old_logprobs_BT)
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    loss = _aggregate(per_token, mask, aggregation)
+    metrics: dict[str, float] = {}
+    if kl_coef > 0:
+        if ref_logprobs_BT is None:
+            raise ValueError("grpo.kl_coef > 0 needs reference-model logprobs")
+        kl = _aggregate(k3_kl(logprobs_BT, ref_logprobs_BT), mask, aggregation)
+        loss = loss + kl_coef * kl
+        metrics["kl_ref"] = kl.item()
+    with torch.no_grad():
+        n = mask.sum().clamp_min(1)
+        clipped_tokens = ((unclipped != clipped) & (mask > 0)).sum()
+        metrics["clip_fraction"] = (clipped_tokens / n).item()
+        metrics["approx_kl_old"] = (((ratio - 1) - torch.log(ratio)) * mask).sum().div(n).item()
+        metrics["ratio_mean"] = ((ratio * mask).sum() / n).item()
+    return loss, metrics
