@@ -206,7 +206,9 @@ class Qwen25VLModel(MegatronModule):
                 continue
             if grid is None:
                 raise ValueError(f"{kind} pixels given without {kind}_grid_thw")
-            feats_MH = self.vision(pixels, grid).to(emb_BSH.dtype)
+            # A frozen tower (and merger) needs no autograd graph: its features enter as constants.
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.layout.freeze_vision):
+                feats_MH = self.vision(pixels, grid).to(emb_BSH.dtype)
             mask_BS = input_ids_BS == token
             if int(mask_BS.sum()) != feats_MH.shape[0]:
                 raise ValueError(
@@ -233,7 +235,7 @@ class Qwen25VLModel(MegatronModule):
         video_grid_thw: torch.Tensor | None = None,
         second_per_grid_ts: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits ``[B, S/cp, V/tp]`` on the last stage; hidden states ``[S/cp/tp?, B, H]`` otherwise.
+        """Logits ``[B, S/cp, V/tp]`` on the last stage; hidden states ``[S/cp (/tp with SP), B, H]`` otherwise.
 
         Args:
             input_ids: ``[B, S]`` full sequences (every stage needs them for the position ids).
