@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -284,17 +285,31 @@ class RunConfig:
             if 2 * m.fp8_bf16_edge_layers > m.num_layers:
                 problems.append(f"model.fp8_bf16_edge_layers={m.fp8_bf16_edge_layers} exceeds half of model.num_layers")
         p = self.parallel
+        heads, groups, layers, where = self.model.num_attention_heads, self.model.num_query_groups, m.num_layers, ""
+        if m.hf_dir or m.preset != "none":
+            try:
+                heads, groups, layers, where = _qwen_shape(m)
+            except (OSError, ValueError, KeyError) as e:
+                problems.append(f"model.hf_dir: cannot read {m.hf_dir}/config.json ({e})")
         dims_problems = ParallelDims(
             tp=p.tp, pp=p.pp, cp=p.cp, vpp=p.vpp, sequence_parallel=p.sequence_parallel
-        ).problems(
-            world_size=world_size,
-            num_attention_heads=self.model.num_attention_heads,
-            num_query_groups=self.model.num_query_groups,
-            num_layers=self.model.num_layers,
-        )
-        problems.extend(dims_problems)
+        ).problems(world_size=world_size, num_attention_heads=heads, num_query_groups=groups, num_layers=layers)
+        problems.extend(f"{d} ({where})" if where else d for d in dims_problems)
         if problems:
             raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _qwen_shape(m: ModelConfig) -> tuple[int, int, int, str]:
+    """(heads, KV groups, layers, source) of the Qwen2.5-VL model a config names, read cheaply."""
+    if m.hf_dir:
+        data = json.loads((Path(m.hf_dir) / "config.json").read_text())
+        t = data.get("text_config") or data
+        heads = t["num_attention_heads"]
+        return heads, t.get("num_key_value_heads") or heads, t["num_hidden_layers"], f"from {m.hf_dir}/config.json"
+    from srpo_mcore.models.qwen2_5_vl.config import PRESETS
+
+    text = PRESETS[m.preset].text
+    return text.num_attention_heads, text.num_query_groups, text.num_layers, f"preset {m.preset}"
 
 
 # --------------------------------------------------------------------------------------------

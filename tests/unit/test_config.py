@@ -97,3 +97,16 @@ def test_cli_prints_resolved_config_and_fails_cleanly(capsys, tmp_path: Path) ->
     assert "tp: 2" in capsys.readouterr().out
     assert main(["--config", str(write(tmp_path, "bogus: 1\n"))]) == 2
     assert "bogus: unknown field" in capsys.readouterr().out
+
+
+def test_layout_is_checked_against_the_named_model(tmp_path: Path, tiny_checkpoint) -> None:
+    with pytest.raises(ConfigError, match=r"parallel\.tp=8 does not divide model\.num_query_groups=4.*\(preset 7b\)"):
+        load_config(None, ["model.preset=7b", "parallel.tp=8"])
+    load_config(None, ["model.preset=7b", "parallel.tp=4"])  # 28 heads, 4 groups
+    hf = tiny_checkpoint("gqa")  # 4 heads, 2 groups, 2 layers
+    with pytest.raises(
+        ConfigError, match=r"model\.num_layers=2 is not divisible by pp\*vpp = 4\*1 = 4 \(from .*config\.json\)"
+    ):
+        load_config(None, [f"model.hf_dir={hf}", "parallel.pp=4"])
+    with pytest.raises(ConfigError, match=r"model\.hf_dir: cannot read"):
+        load_config(None, [f"model.hf_dir={tmp_path}"])
