@@ -21,11 +21,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from srpo_mcore.atomic_dir import atomic_dir
 from srpo_mcore.checkpoint.hf_export import SIDE_FILES
 from srpo_mcore.checkpoint.hf_io import HFCheckpoint
 from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch, TextArch, VisionArch
@@ -92,18 +92,9 @@ def check_layout(arch: Qwen25VLArch, tp: int, pp: int) -> None:
         raise ConversionError("invalid layout: " + "; ".join(p.replace("parallel.", "--") for p in problems))
 
 
-def _prepare_output(out: Path, force: bool) -> Path:
+def _refuse_existing(out: Path, force: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ConversionError(f"{out}: already exists and is not empty; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-
-
-def _finish(tmp: Path, out: Path) -> Path:
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    tmp.rename(out)
-    return out
 
 
 def _copy_side_files(src: Path, dst: Path) -> None:
@@ -243,13 +234,10 @@ def _mcore_to_hf_worker(
 
 def _atomically(out: Path, force: bool, write: Callable[[Path], None]) -> Path:
     """Run `write(tmp)` into a temporary sibling of `out`, then rename it into place."""
-    tmp = _prepare_output(out, force)
-    try:
+    _refuse_existing(out, force)
+    with atomic_dir(out) as tmp:
         write(tmp)
-        return _finish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return out
 
 
 def hf_to_mcore(

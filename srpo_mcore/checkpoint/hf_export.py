@@ -2,21 +2,21 @@
 
 Owns: ``write_hf_checkpoint`` — consumes a stream of (HF name, tensor) pairs, writes shards of
 bounded size as they fill, writes the index and ``config.json``, copies the tokenizer, processor,
-chat template and generation config from a source checkpoint, all into a temporary sibling
-directory renamed into place at the end (an interrupted export leaves no checkpoint-looking dir).
+chat template and generation config from a source checkpoint, all through ``atomic_dir`` (an
+interrupted export leaves no checkpoint-looking directory).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from srpo_mcore.atomic_dir import atomic_dir
 from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch
 
 SIDE_FILES = (
@@ -51,10 +51,8 @@ def write_hf_checkpoint(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out}: already exists and is not empty (pass force=True / --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        shards: list[dict[str, torch.Tensor]] = [{}]
+    with atomic_dir(out) as tmp:
+        current: dict[str, torch.Tensor] = {}
         files: list[str] = []
         weight_map: dict[str, str] = {}
         size = 0
@@ -62,21 +60,20 @@ def write_hf_checkpoint(
 
         def flush() -> None:
             name = f"model-{len(files) + 1:05d}.safetensors"
-            save_file({k: v.contiguous() for k, v in shards[-1].items()}, str(tmp / name), metadata={"format": "pt"})
+            save_file({k: v.contiguous() for k, v in current.items()}, str(tmp / name), metadata={"format": "pt"})
             files.append(name)
-            for k in shards[-1]:
-                weight_map[k] = name
-            shards[-1] = {}
+            weight_map.update(dict.fromkeys(current, name))
+            current.clear()
 
         for name, tensor in weights:
             nbytes = tensor.numel() * tensor.element_size()
-            if shards[-1] and size + nbytes > max_shard_bytes:
+            if current and size + nbytes > max_shard_bytes:
                 flush()
                 size = 0
-            shards[-1][name] = tensor.detach().cpu()
+            current[name] = tensor.detach().cpu()
             size += nbytes
             total += nbytes
-        if shards[-1]:
+        if current:
             flush()
         n = len(files)
         renamed = {}
@@ -100,10 +97,4 @@ def write_hf_checkpoint(
                 src = Path(source_dir) / side
                 if src.exists():
                     shutil.copy2(src, tmp / side)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

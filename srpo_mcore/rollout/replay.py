@@ -10,11 +10,10 @@ trainer can be debugged on fixed rollouts with no engine at all.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from srpo_mcore.atomic_dir import atomic_dir
 from srpo_mcore.rollout.types import RolloutRequest, RolloutSample
 
 
@@ -27,9 +26,7 @@ def save_rollouts(
 ) -> Path:
     """Write a step's requests and samples; returns the step directory."""
     final = step_dir(root, step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with atomic_dir(final) as tmp:
         (tmp / "images").mkdir()
         with open(tmp / "rollouts.jsonl", "w") as f:
             for i, (req, group) in enumerate(zip(requests, samples)):
@@ -55,12 +52,6 @@ def save_rollouts(
                         )
                         + "\n"
                     )
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -4,8 +4,8 @@ Proves the CPU compatibility layer, the SP-capable norm and process-group setup:
 are sharded onto the TP=2 ranks, and the logits and every parameter gradient (reassembled from the
 shards, after Megatron's own ``finalize_model_grads``) match the single-process model.
 
-Sharding here is the plain Megatron layout: contiguous chunks along ``partition_dim``, except the
-SwiGLU ``linear_fc1`` whose gate and up halves are chunked separately.
+Sharding uses the checkpoint library's ``tp_shard``/``tp_unshard``: contiguous chunks along
+``partition_dim``, the SwiGLU ``linear_fc1`` gate and up halves chunked separately.
 """
 
 from __future__ import annotations
@@ -14,23 +14,11 @@ import pytest
 import torch
 
 from dist_harness import run_distributed
+from srpo_mcore.checkpoint.transforms import tp_shard, tp_unshard
 
 pytestmark = pytest.mark.dist
 
 MODEL = dict(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=128, vocab_size=256)
-
-
-def _shard(full: torch.Tensor, name: str, dim: int, tp: int, rank: int) -> torch.Tensor:
-    if name.endswith("linear_fc1.weight"):
-        return torch.cat([half.chunk(tp, dim=dim)[rank] for half in full.chunk(2, dim=0)], dim=0)
-    return full.chunk(tp, dim=dim)[rank]
-
-
-def _unshard(shards: list[torch.Tensor], name: str, dim: int) -> torch.Tensor:
-    if name.endswith("linear_fc1.weight"):
-        gates, ups = zip(*(s.chunk(2, dim=0) for s in shards))
-        return torch.cat([*gates, *ups], dim=0)
-    return torch.cat(shards, dim=dim)
 
 
 def _worker(tp: int, sp: bool, weights: dict[str, torch.Tensor] | None) -> dict:
@@ -52,7 +40,8 @@ def _worker(tp: int, sp: bool, weights: dict[str, torch.Tensor] | None) -> dict:
             for name, p in model.named_parameters():
                 full = weights[name]
                 tp_sharded = getattr(p, "tensor_model_parallel", False)
-                p.copy_(_shard(full, name, p.partition_dim, tp, rank) if tp_sharded else full)
+                parts = 2 if name.endswith("linear_fc1.weight") else 1  # SwiGLU [gate; up]
+                p.copy_(tp_shard(full, dim=p.partition_dim, parts=parts, tp=tp, rank=rank) if tp_sharded else full)
     ddp = DistributedDataParallel(
         model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=False), model
     )
@@ -81,7 +70,8 @@ def _gather(results: list[dict]) -> dict:
                 torch.testing.assert_close(r["params"][name][1], g, rtol=0, atol=1e-6, msg=f"replicated grad {name}")
             params[name] = (w, g)
         else:
-            params[name] = tuple(_unshard([r["params"][name][i] for r in results], name, dim) for i in (0, 1))
+            parts = 2 if name.endswith("linear_fc1.weight") else 1
+            params[name] = tuple(tp_unshard([r["params"][name][i] for r in results], dim=dim, parts=parts) for i in (0, 1))
     return {"logits": logits, "loss": results[0]["loss"], "params": params}
 
 

@@ -20,7 +20,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
-from srpo_mcore._compat.sp_norm import SequenceParallelTorchNorm, block_spec_with_sp_norms
+from srpo_mcore._compat.sp_norm import block_spec_with_sp_norms
 from srpo_mcore.models.qwen2_5_vl.attention import LocalAttention
 
 
@@ -82,6 +82,3 @@ def vision_layer_spec(impl: str) -> ModuleSpec:
     return ModuleSpec(
         module=spec.module, params=spec.params, submodules=dataclasses.replace(spec.submodules, self_attention=new_attn)
     )  # type: ignore[type-var]
-
-
-__all__ = ["SequenceParallelTorchNorm", "language_block_spec", "require_transformer_engine", "vision_layer_spec"]

@@ -12,7 +12,6 @@ adds its layer offset to its local module names (see ``global_name``).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -163,11 +162,3 @@ def global_name(local_name: str, layer_offset: int) -> str:
     """A stage-local Megatron parameter name with its text-layer index made global."""
     m = _TEXT_LAYER.match(local_name)
     return f"{m.group(1)}{int(m.group(2)) + layer_offset}{m.group(3)}" if m else local_name
-
-
-def iter_mcore_tensors(
-    arch: Qwen25VLArch, get_hf: Callable[[str], torch.Tensor]
-) -> Iterator[tuple[WeightRow, torch.Tensor]]:
-    """Stream (row, full Megatron tensor) pairs, reading HF tensors on demand via `get_hf`."""
-    for row in weight_rows(arch):
-        yield row, to_mcore(row, [get_hf(n) for n in row.hf], arch)
