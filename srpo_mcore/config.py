@@ -203,6 +203,88 @@ class GRPOConfig:
     """token_mean: mean over all response tokens of the batch; seq_mean: mean of per-sequence means."""
     kl_coef: float = 0.0
     """Weight of the k3 KL to a frozen reference model; 0 (the released recipe) builds no reference."""
+    dynamic_sampling: bool = False
+    """Refill the batch after the accuracy filter by drawing more prompts (up to
+    ``max_refill_rounds`` extra rollout rounds) so every step trains on ``data.prompts_per_step`` groups."""
+    max_refill_rounds: int = 3
+    """Extra rollout rounds dynamic sampling may spend per step."""
+    old_logprobs: Literal["trainer", "rollout"] = "trainer"
+    """Behaviour-policy logprobs of the ratio: the trainer's recomputation before the update
+    (default; the rollout-vs-trainer gap is logged either way) or the engine's own."""
+
+
+@dataclass
+class DataConfig:
+    """RL prompts: local jsonl / parquet files read with HF ``datasets`` (never a network)."""
+
+    train_files: list[str] = field(default_factory=list)
+    """jsonl or parquet files (or directories of them) with one prompt per row."""
+    image_root: str | None = None
+    """Relative image paths are resolved against this directory (default: the data file's directory)."""
+    id_field: str = "id"
+    """Column with a unique row id (the row number is used when the column is absent)."""
+    question_field: str = "question"
+    """Column with the question text; ``<image>`` marks where images go (default: before the text)."""
+    answer_field: str = "answer"
+    """Column with the gold answer."""
+    image_field: str = "images"
+    """Column with images: a path, a list of paths, or embedded images (bytes / {"bytes": ...})."""
+    prompt: Literal["srpo", "plain"] = "srpo"
+    """System prompt: srpo = the two-attempt reflection format; plain = one <think><answer>."""
+    prompts_per_step: int = 128
+    """Prompts per rollout batch (each is sampled ``rollout.n`` times)."""
+    shuffle: bool = True
+    """Shuffle prompts every episode (seeded by ``seed`` and the episode)."""
+    max_prompt_tokens: int = 1024
+    """Prompts longer than this (text + image tokens) are skipped and counted."""
+
+
+@dataclass
+class OptimConfig:
+    """Adam, learning-rate schedule and gradient clipping (Megatron-Core's optimizer)."""
+
+    lr: float = 1e-6
+    """Peak learning rate."""
+    min_lr: float = 0.0
+    """Learning rate at the end of a decaying schedule."""
+    warmup_steps: int = 0
+    """Linear warmup steps."""
+    decay: Literal["constant", "cosine", "linear"] = "constant"
+    """Schedule after warmup (decays over ``train.steps``)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.999
+    """Adam beta2."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    clip_grad: float = 1.0
+    """Clip the global gradient norm to this (0 disables clipping)."""
+    distributed_optimizer: bool = True
+    """Shard optimizer state across data-parallel ranks (Megatron's distributed optimizer; GPU)."""
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: length, micro-batching, checkpoints."""
+
+    steps: int = 0
+    """Optimizer steps to run; 0 = ``episodes`` passes over the prompts."""
+    episodes: int = 3
+    """Passes over the prompt set when ``steps`` is 0."""
+    updates_per_step: int = 1
+    """Optimizer updates per rollout batch (the groups are split into this many mini-batches)."""
+    micro_batch_tokens: int = 8192
+    """Token budget of one micro-batch (sequences x padded length)."""
+    save_every: int = 50
+    """Save a checkpoint every N steps (and on SIGTERM, and at the end); 0 = only those."""
+    keep_last: int = 2
+    """Checkpoints kept on disk (older ones are deleted after a new one is complete)."""
+    resume: bool = True
+    """Continue from the run directory's latest checkpoint when there is one."""
+    export_hf_at_end: bool = True
+    """Write a HF checkpoint of the final policy under the run directory."""
 
 
 @dataclass
@@ -215,6 +297,8 @@ class LoggingConfig:
     """wandb project name."""
     log_every: int = 1
     """Log metrics every N steps."""
+    plot_every: int = 10
+    """Redraw the PNG plots in the run directory every N steps (and at the end)."""
 
 
 @dataclass
@@ -232,6 +316,9 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self, world_size: int | None = None) -> None:
@@ -265,6 +352,19 @@ class RunConfig:
             problems.append(
                 f"rollout.max_tokens ({ro.max_tokens}) must be below rollout.max_model_len ({ro.max_model_len})"
             )
+        d, o, t = self.data, self.optim, self.train
+        if d.prompts_per_step < 1 or d.max_prompt_tokens < 1:
+            problems.append("data.prompts_per_step and data.max_prompt_tokens must be >= 1")
+        if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
+            problems.append(f"optim.lr ({o.lr}) must be > 0 and 0 <= optim.min_lr ({o.min_lr}) <= optim.lr")
+        if o.warmup_steps < 0 or o.clip_grad < 0 or o.weight_decay < 0:
+            problems.append("optim.warmup_steps, optim.clip_grad and optim.weight_decay must be >= 0")
+        if t.steps < 0 or t.episodes < 1 or t.updates_per_step < 1 or t.micro_batch_tokens < 1:
+            problems.append("train.steps must be >= 0; train.episodes, updates_per_step, micro_batch_tokens >= 1")
+        if t.save_every < 0 or t.keep_last < 1:
+            problems.append("train.save_every must be >= 0 and train.keep_last >= 1")
+        if g.max_refill_rounds < 0:
+            problems.append("grpo.max_refill_rounds must be >= 0")
         if r.num_workers < -1:
             problems.append(f"reward.num_workers must be -1 (one per core), 0 (in-process) or > 0, got {r.num_workers}")
         if self.model.num_attention_heads % self.model.num_query_groups:
