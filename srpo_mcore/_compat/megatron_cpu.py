@@ -21,6 +21,7 @@ Owns: the two redirections Megatron-Core needs to run forward/backward on CPU:
    generator states: ``_get_cuda_rng_state``/``_set_cuda_rng_state`` read and write the CPU
    generator, and ``CudaRNGStatesTracker.add`` seeds a CPU state. Forking the model-parallel RNG
    then works for dropout/initialisation exactly as on GPU, on the CPU generator.
+8. Megatron's optimizers: see ``_compat.megatron_optim_cpu`` (installed together with these).
 
 It is enabled only when CUDA is unavailable and refuses a megatron-core other than the pinned minor
 version (set ``SRPO_ALLOW_UNTESTED_MCORE=1`` to try anyway). ``disable_megatron_cpu`` undoes it.
@@ -214,11 +215,17 @@ def enable_megatron_cpu(*, force: bool = False) -> bool:
     for owner, name, replacement in patches:
         _saved[_key(owner, name)] = (owner, name, getattr(owner, name))
         setattr(owner, name, replacement)
+    from srpo_mcore._compat.megatron_optim_cpu import enable_megatron_optim_cpu
+
+    enable_megatron_optim_cpu()
     return True
 
 
 def disable_megatron_cpu() -> None:
     """Restore the original functions."""
+    from srpo_mcore._compat.megatron_optim_cpu import disable_megatron_optim_cpu
+
+    disable_megatron_optim_cpu()
     for owner, name, original in _saved.values():
         setattr(owner, name, original)
     _saved.clear()

@@ -20,6 +20,26 @@ def k3_kl(logprobs_BT: torch.Tensor, ref_logprobs_BT: torch.Tensor) -> torch.Ten
     return torch.exp(d) - d - 1.0
 
 
+def clipped_surrogate(
+    logprobs_BT: torch.Tensor,
+    old_logprobs_BT: torch.Tensor,
+    advantages_BT: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token PPO-clip loss ``-min(r*A, clip(r, 1-lo, 1+hi)*A)``, the clipped-token flags and ``r``.
+
+    The building block of `policy_loss` and of the trainer's per-token loss (which aggregates it
+    with Megatron's token-count normalisation across micro-batches and data-parallel ranks).
+    """
+    ratio = torch.exp(logprobs_BT - old_logprobs_BT)
+    adv = advantages_BT.to(logprobs_BT.dtype)
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv
+    return -torch.minimum(unclipped, clipped), (unclipped != clipped), ratio
+
+
 def _aggregate(x_BT: torch.Tensor, mask_BT: torch.Tensor, how: str) -> torch.Tensor:
     if how == "token_mean":
         return (x_BT * mask_BT).sum() / mask_BT.sum().clamp_min(1)
@@ -51,11 +71,10 @@ def policy_loss(
         kl_coef: Weight of the k3 KL; needs `ref_logprobs_BT` when > 0.
     """
     mask = mask_BT.to(logprobs_BT.dtype)
-    adv = advantages_B.to(logprobs_BT.dtype)[:, None]
-    ratio = torch.exp(logprobs_BT - old_logprobs_BT)
-    unclipped = ratio * adv
-    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv
-    per_token = -torch.minimum(unclipped, clipped)
+    adv_BT = advantages_B[:, None].expand_as(logprobs_BT)
+    per_token, is_clipped, ratio = clipped_surrogate(
+        logprobs_BT, old_logprobs_BT, adv_BT, clip_low=clip_low, clip_high=clip_high
+    )
     loss = _aggregate(per_token, mask, aggregation)
     metrics: dict[str, float] = {}
     if kl_coef > 0:
@@ -66,7 +85,7 @@ def policy_loss(
         metrics["kl_ref"] = kl.item()
     with torch.no_grad():
         n = mask.sum().clamp_min(1)
-        clipped_tokens = ((unclipped != clipped) & (mask > 0)).sum()
+        clipped_tokens = (is_clipped & (mask > 0)).sum()
         metrics["clip_fraction"] = (clipped_tokens / n).item()
         metrics["approx_kl_old"] = (((ratio - 1) - torch.log(ratio)) * mask).sum().div(n).item()
         metrics["ratio_mean"] = ((ratio * mask).sum() / n).item()

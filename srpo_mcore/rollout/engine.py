@@ -94,6 +94,8 @@ class RolloutEngine:
             kwargs.update(enforce_eager=True, kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30))
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.spans_world = self.on_gpu and rollout_tp > 1
+        """One engine shared by every rank (SPMD): each rank must submit the same prompts."""
 
     # -- generation -------------------------------------------------------------------------
 
@@ -121,9 +123,21 @@ class RolloutEngine:
         greedy: bool = False,
         max_tokens: int | None = None,
         seed: int | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[RolloutSample]]:
-        """Samples for each request (``n`` each; 1 when greedy), with sampled-token logprobs."""
-        params = self.sampling_params(n=1 if greedy else n, greedy=greedy, max_tokens=max_tokens, seed=seed)
+        """Samples for each request (``n`` each; 1 when greedy), with sampled-token logprobs.
+
+        Args:
+            seed: One sampling seed for the whole call.
+            seeds: One seed per request instead: a request's samples then depend only on its seed
+                and the weights, not on which engine or batch served it.
+        """
+        kw = dict(n=1 if greedy else n, greedy=greedy, max_tokens=max_tokens)
+        params: Any = self.sampling_params(**kw, seed=seed)  # type: ignore[arg-type]
+        if seeds is not None:
+            if len(seeds) != len(requests):
+                raise ValueError(f"{len(seeds)} seeds for {len(requests)} requests")
+            params = [self.sampling_params(**kw, seed=s) for s in seeds]  # type: ignore[arg-type]
         prompts = [
             {"prompt": r.prompt, "multi_modal_data": {"image": list(r.images)}} if r.images else {"prompt": r.prompt}
             for r in requests

@@ -195,6 +195,7 @@ class Qwen25VLModel(MegatronModule):
         image_grid_thw: torch.Tensor | None,
         pixel_values_videos: torch.Tensor | None,
         video_grid_thw: torch.Tensor | None,
+        placeholder_mask_BS: torch.Tensor | None = None,
     ) -> torch.Tensor:
         emb_BSH = self.language_model.embedding.word_embeddings(input_ids_BS)
         assert self.vision is not None
@@ -210,6 +211,8 @@ class Qwen25VLModel(MegatronModule):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.layout.freeze_vision):
                 feats_MH = self.vision(pixels, grid).to(emb_BSH.dtype)
             mask_BS = input_ids_BS == token
+            if placeholder_mask_BS is not None:
+                mask_BS = mask_BS & placeholder_mask_BS
             if int(mask_BS.sum()) != feats_MH.shape[0]:
                 raise ValueError(
                     f"{int(mask_BS.sum())} {kind} placeholder tokens but the vision tower produced "
@@ -234,6 +237,7 @@ class Qwen25VLModel(MegatronModule):
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
         second_per_grid_ts: torch.Tensor | None = None,
+        placeholder_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, S/cp, V/tp]`` on the last stage; hidden states ``[S/cp (/tp with SP), B, H]`` otherwise.
 
@@ -243,6 +247,10 @@ class Qwen25VLModel(MegatronModule):
             attention_mask: ``[B, S]`` with 1 for real tokens, 0 for padding; None = no padding.
             pixel_values / image_grid_thw / pixel_values_videos / video_grid_thw / second_per_grid_ts:
                 as the HF processor returns them.
+            placeholder_mask: ``[B, S]`` bool, True where an image/video token takes vision features;
+                None = every such token. Generated responses may contain a placeholder token id,
+                which (as in vLLM's decoding) is then an ordinary text token; callers pass
+                `position_ids` computed from the prompt alone in that case.
         """
         if position_ids is None:
             position_ids = self.position_ids(
@@ -250,7 +258,9 @@ class Qwen25VLModel(MegatronModule):
             )
         decoder_input = None
         if self.pre_process:
-            decoder_input = self._embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+            decoder_input = self._embed(
+                input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, placeholder_mask
+            )
         mask = None
         if attention_mask is not None:
             S = input_ids.shape[1]

@@ -1,0 +1,141 @@
+"""Run Megatron-Core 0.19's optimizers (Adam, mixed precision, distributed) on CPU with gloo.
+
+Owns the redirections ``megatron.core.optimizer`` needs on a machine without CUDA, installed by
+``enable_megatron_optim_cpu`` (called from ``_compat.megatron_cpu.enable_megatron_cpu``):
+
+1. ``optimizer.py``, ``distrib_optimizer.py`` and ``clip_grads.py`` allocate bookkeeping scalars
+   (found-inf flag, loss scale, overflow buffer, grad-norm accumulators) with ``device="cuda"``:
+   the ``torch`` those modules see is a thin view whose ``tensor``/``zeros``/``empty``/``ones``
+   place "cuda" tensors on the CPU. Everything else is torch's own.
+2. They classify parameters by ``param.type()`` strings (``"torch.cuda.FloatTensor"``, ...) to pick
+   the fp32 / fp16 / bf16 code path and assert it before clipping. While the optimizer is built and
+   while gradients are clipped, CPU tensors report the matching ``torch.cuda.*`` name, so the same
+   code path is taken as on GPU (no other caller ever sees the spoofed names).
+3. The local (no Apex, no TE) multi-tensor L2 norm returns its result on ``device="cuda"``; the CPU
+   version returns the same norm on the CPU.
+
+The maths — Adam (torch's AdamW, which Megatron uses when neither TE nor Apex is installed), main
+fp32 params, clipping by the global norm over TP/PP, distributed-optimizer sharding — is Megatron's.
+
+Does not own: the model-side shims (``megatron_cpu``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+_saved: dict[str, tuple[Any, str, Any]] = {}
+
+_CUDA_NAMES = {
+    "torch.FloatTensor": "torch.cuda.FloatTensor",
+    "torch.HalfTensor": "torch.cuda.HalfTensor",
+    "torch.BFloat16Tensor": "torch.cuda.BFloat16Tensor",
+}
+
+
+def _on_cpu(device: Any) -> Any:
+    if device == "cuda" or (isinstance(device, torch.device) and device.type == "cuda") or isinstance(device, int):
+        return "cpu"
+    return device
+
+
+class _TorchOnCpu(types.ModuleType):
+    """``torch`` for modules that hard-code ``device="cuda"``: constructors put those tensors on the CPU."""
+
+    def __init__(self) -> None:
+        super().__init__("torch")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def tensor(*args: Any, device: Any = None, **kwargs: Any) -> torch.Tensor:
+        return torch.tensor(*args, device=_on_cpu(device), **kwargs)
+
+    @staticmethod
+    def zeros(*args: Any, device: Any = None, **kwargs: Any) -> torch.Tensor:
+        return torch.zeros(*args, device=_on_cpu(device), **kwargs)
+
+    @staticmethod
+    def ones(*args: Any, device: Any = None, **kwargs: Any) -> torch.Tensor:
+        return torch.ones(*args, device=_on_cpu(device), **kwargs)
+
+    @staticmethod
+    def empty(*args: Any, device: Any = None, **kwargs: Any) -> torch.Tensor:
+        return torch.empty(*args, device=_on_cpu(device), **kwargs)
+
+
+_original_type = torch.Tensor.type
+
+
+def _type_as_cuda(self: torch.Tensor, dtype: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
+    if dtype is None and not kwargs:
+        name = _original_type(self)
+        return _CUDA_NAMES.get(name, name)
+    return _original_type(self, dtype, non_blocking, **kwargs)
+
+
+@contextlib.contextmanager
+def cuda_type_names() -> Iterator[None]:
+    """Within the block, CPU float tensors report ``torch.cuda.*Tensor`` from ``.type()``."""
+    torch.Tensor.type = _type_as_cuda  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        torch.Tensor.type = _original_type  # type: ignore[method-assign]
+
+
+def _with_cuda_type_names(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with cuda_type_names():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _cpu_l2_norm(chunk_size: int, noop_flag: Any, tensor_lists: Any, per_tensor: bool, *args: Any) -> Any:
+    norms = [torch.linalg.vector_norm(t.float()) for tensors in tensor_lists for t in tensors]
+    total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    return total.reshape(1), None
+
+
+def enable_megatron_optim_cpu() -> None:
+    """Install the optimizer redirections (idempotent)."""
+    if _saved:
+        return
+    from megatron.core import optimizer as optimizer_pkg
+    from megatron.core.optimizer import clip_grads, distrib_optimizer
+    from megatron.core.optimizer import optimizer as optimizer_mod
+
+    proxy = _TorchOnCpu()
+    patches: list[tuple[Any, str, Any]] = [
+        (optimizer_mod, "torch", proxy),
+        (distrib_optimizer, "torch", proxy),
+        (clip_grads, "torch", proxy),
+        (clip_grads, "l2_norm_impl", _cpu_l2_norm),
+    ]
+    if clip_grads.multi_tensor_applier.__module__ != "megatron.core.utils":
+        raise RuntimeError("megatron_optim_cpu expects Megatron's local multi-tensor fallbacks (no Apex/TE on CPU)")
+    for owner, name in (
+        (optimizer_mod, "clip_grad_by_total_norm_fp32"),
+        (optimizer_pkg, "get_megatron_optimizer"),
+        (optimizer_pkg, "_get_megatron_optimizer_based_on_param_groups"),
+    ):
+        patches.append((owner, name, _with_cuda_type_names(getattr(owner, name))))
+    for owner, name, replacement in patches:
+        _saved[f"{id(owner)}:{name}"] = (owner, name, getattr(owner, name))
+        setattr(owner, name, replacement)
+
+
+def disable_megatron_optim_cpu() -> None:
+    """Restore the original functions."""
+    for owner, name, original in _saved.values():
+        setattr(owner, name, original)
+    _saved.clear()

@@ -1,0 +1,192 @@
+"""The GRPO policy update under Megatron-Core's pipeline schedule.
+
+Owns two passes over a rank's micro-batches, both through ``get_forward_backward_func`` so that
+pipeline, tensor, context and sequence parallelism are Megatron's own:
+
+- ``forward_logprobs``: forward only; stores each micro-batch's per-token logprobs (vocab-parallel,
+  this rank's context-parallel slice) in ``MicroBatch.local[name]`` on the last stage — the
+  behaviour policy's logprobs before the update, or a frozen reference model's — and returns the
+  rollout-vs-trainer logprob gap over the response tokens.
+- ``train_step``: forward + backward of the clipped surrogate (+ k3 KL), then Megatron's optimizer
+  step (gradient clipping by the global norm, Adam). The loss is a per-token loss in Megatron's
+  three-value form ``(sum of weighted token losses, token count, report)`` with
+  ``calculate_per_token_loss``: Megatron divides the gradients by the token count summed over all
+  micro-batches and data-parallel (x context-parallel) ranks, so ``token_mean`` is the mean over
+  every response token of the global batch and ``seq_mean`` (token weight 1/length, count = 1 per
+  sequence) the mean of per-sequence means — independent of how the batch was split.
+
+Metrics are summed over micro-batches and ranks (each value counted once per replica slice) and
+returned identically on every rank.
+
+Does not own: building micro-batches (``rl.batch``), the optimizer (``rl.optim``), the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from srpo_mcore.config import GRPOConfig
+from srpo_mcore.parallel.context import cp_slice
+from srpo_mcore.rl.batch import MicroBatch
+from srpo_mcore.rl.logprobs import token_entropy, token_logprobs
+from srpo_mcore.rl.loss import clipped_surrogate, k3_kl
+
+_TRAIN_SUMS = ("tokens", "loss", "weight", "clipped", "ratio", "approx_kl_old", "kl_ref", "entropy")
+_GAP_SUMS = ("tokens", "abs_gap")
+
+
+def _local(x: torch.Tensor) -> torch.Tensor:
+    """This context-parallel rank's slice of a ``[B, S]`` tensor."""
+    cp = ps.get_context_parallel_world_size()
+    return cp_slice(x, 1, cp, ps.get_context_parallel_rank()) if cp > 1 else x
+
+
+def _reduce(sums: torch.Tensor, op: Any = dist.ReduceOp.SUM) -> torch.Tensor:
+    """Reduce per-rank metric sums over the world; only tp-rank-0 ranks of the last stage contribute."""
+    counts = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
+    if not counts:
+        sums = torch.zeros_like(sums)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        sums = sums.clone()
+        dist.all_reduce(sums, op=op)
+    return sums
+
+
+def _run(
+    model: Sequence[Any], micro_batches: Sequence[MicroBatch], loss_fn: Any, *, forward_only: bool
+) -> list[dict[str, torch.Tensor]]:
+    def forward_step(data_iterator: Any, chunk: Any) -> tuple[torch.Tensor, Any]:
+        mb = next(data_iterator)
+        logits = chunk(
+            mb.input_ids_BS,
+            position_ids=mb.position_ids_3BS,
+            pixel_values=mb.pixel_values,
+            image_grid_thw=mb.image_grid_thw,
+            placeholder_mask=mb.placeholder_mask_BS,
+        )
+        return logits, lambda out: loss_fn(mb, out)
+
+    return get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter(micro_batches),
+        model=list(model),
+        num_microbatches=len(micro_batches),
+        seq_length=max(mb.input_ids_BS.shape[1] for mb in micro_batches),
+        micro_batch_size=max(mb.input_ids_BS.shape[0] for mb in micro_batches),
+        forward_only=forward_only,
+    )
+
+
+def forward_logprobs(
+    model: Sequence[Any], micro_batches: Sequence[MicroBatch], *, name: str, temperature: float = 1.0
+) -> dict[str, float]:
+    """Store ``MicroBatch.local[name]`` (last stage) and return the gap to the rollout logprobs.
+
+    Returns:
+        ``{"logprob_gap_max", "logprob_gap_mean", "tokens"}`` over all response tokens of the step.
+    """
+    gap_max = torch.zeros(1, dtype=torch.float64)
+
+    def loss_fn(mb: MicroBatch, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        lp = token_logprobs(logits, _local(mb.targets_BS), temperature)
+        mb.local[name] = lp.detach()
+        mask = _local(mb.loss_mask_BS)
+        gap = (lp - _local(mb.rollout_logprobs_BS)).abs() * mask
+        gap_max[0] = max(gap_max[0].item(), gap.max().item() if gap.numel() else 0.0)
+        sums = torch.stack([mask.sum(), gap.sum()]).double()
+        return lp.sum() * 0, torch.tensor(0, dtype=torch.int), {"sums": sums}
+
+    with torch.no_grad():
+        reports = _run(model, micro_batches, loss_fn, forward_only=True)
+    sums = torch.zeros(len(_GAP_SUMS), dtype=torch.float64)
+    for r in reports:
+        sums += r["sums"]
+    sums = _reduce(sums)
+    worst = _reduce(gap_max, dist.ReduceOp.MAX)
+    n = max(sums[0].item(), 1.0)
+    return {"logprob_gap_max": worst.item(), "logprob_gap_mean": sums[1].item() / n, "tokens": sums[0].item()}
+
+
+def train_step(
+    model: Sequence[Any],
+    optimizer: Any,
+    micro_batches: Sequence[MicroBatch],
+    cfg: GRPOConfig,
+    *,
+    temperature: float = 1.0,
+    old_logprobs: str = "old_logprobs",
+) -> dict[str, float]:
+    """One optimizer update on this rank's micro-batches; returns the step's metrics (every rank).
+
+    Args:
+        model: Megatron DDP-wrapped model chunks.
+        optimizer: Megatron optimizer.
+        micro_batches: This rank's micro-batches (the same plan on every rank of the replica).
+        cfg: Clip ranges, aggregation, KL coefficient.
+        old_logprobs: Key of ``MicroBatch.local`` holding the behaviour logprobs; when absent the
+            rollout engine's logprobs are used.
+    """
+    kl_coef = cfg.kl_coef
+
+    def loss_fn(mb: MicroBatch, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        lp = token_logprobs(logits, _local(mb.targets_BS), temperature)
+        mask, weight = _local(mb.loss_mask_BS), _local(mb.token_weight_BS)
+        old = mb.local.get(old_logprobs, _local(mb.rollout_logprobs_BS))
+        per_token, clipped, ratio = clipped_surrogate(
+            lp, old, _local(mb.advantages_BS), clip_low=cfg.clip_low, clip_high=cfg.clip_high
+        )
+        kl = torch.zeros_like(lp)
+        if kl_coef > 0:
+            kl = k3_kl(lp, mb.local["ref_logprobs"])
+            per_token = per_token + kl_coef * kl
+        w = weight * mask
+        loss = (per_token * w).sum()
+        if cfg.aggregation == "token_mean":
+            count = mask.sum()
+        else:  # one unit per sequence with response tokens, counted once across context-parallel ranks
+            full = mb.loss_mask_BS.sum(dim=1) > 0
+            count = full.sum().float() if ps.get_context_parallel_rank() == 0 else torch.zeros(())
+        with torch.no_grad():
+            ent = token_entropy(logits.detach(), temperature)
+            r = ratio.detach()
+            sums = torch.stack(
+                [
+                    mask.sum(),
+                    loss.detach(),
+                    w.sum(),
+                    (clipped & (mask > 0)).sum().float(),
+                    (r * mask).sum(),
+                    (((r - 1) - torch.log(r)) * mask).sum(),
+                    (kl.detach() * mask).sum(),
+                    (ent * mask).sum(),
+                ]
+            ).double()
+        return loss, count.round().to(torch.int), {"sums": sums}
+
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    reports = _run(model, micro_batches, loss_fn, forward_only=False)
+    ok, grad_norm, _ = optimizer.step()
+    sums = torch.zeros(len(_TRAIN_SUMS), dtype=torch.float64)
+    for r in reports:
+        sums += r["sums"]
+    s = dict(zip(_TRAIN_SUMS, _reduce(sums).tolist()))
+    n = max(s["tokens"], 1.0)
+    return {
+        "loss": s["loss"] / max(s["weight"], 1e-12),
+        "clip_fraction": s["clipped"] / n,
+        "ratio_mean": s["ratio"] / n,
+        "approx_kl_old": s["approx_kl_old"] / n,
+        "kl_ref": s["kl_ref"] / n,
+        "entropy": s["entropy"] / n,
+        "tokens": s["tokens"],
+        "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
+        "update_ok": float(bool(ok)),
+    }
