@@ -148,7 +148,7 @@ class GRPOTrainer:
 
         box: list[Any] = [None]
         if self.rank0:  # validated once (images opened), then shared
-            rows, report = load_prompt_rows(self.cfg.data, progress=True)
+            rows, report = load_prompt_rows(self.cfg.data, progress=True, processor=self.processor)
             log.info("%s", report.summary())
             box = [rows]
         if dist.is_initialized():

@@ -18,6 +18,7 @@ Does not own: where the weights come from (``refit``) or prompt construction (da
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -179,7 +180,15 @@ class RolloutEngine:
                 yield name, tensor
 
         start = time.perf_counter()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
+        # A partial refit (frozen vision tower) is expected: vLLM's reloader warns about every
+        # module it did not receive a weight for. Keep its errors, drop that per-step noise.
+        reload_logger = logging.getLogger("vllm.model_executor.model_loader.reload")
+        level = reload_logger.level
+        reload_logger.setLevel(logging.ERROR)
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
+        finally:
+            reload_logger.setLevel(level)
         self.reset_caches()
         return RefitStats(moved["tensors"], moved["bytes"], time.perf_counter() - start)
 
