@@ -229,8 +229,9 @@ class DataConfig:
     """Column with the gold answer."""
     image_field: str = "images"
     """Column with images: a path, a list of paths, or embedded images (bytes / {"bytes": ...})."""
-    prompt: Literal["srpo", "plain"] = "srpo"
-    """System prompt: srpo = the two-attempt reflection format; plain = one <think><answer>."""
+    prompt: Literal["srpo", "plain", "none"] = "srpo"
+    """System prompt: srpo = the two-attempt reflection format; plain = one <think><answer>;
+    none = no system message (a policy whose SFT already taught the format)."""
     prompts_per_step: int = 128
     """Prompts per rollout batch (each is sampled ``rollout.n`` times)."""
     shuffle: bool = True

@@ -139,3 +139,45 @@ def disable_megatron_optim_cpu() -> None:
     for owner, name, original in _saved.values():
         setattr(owner, name, original)
     _saved.clear()
+
+
+def prime_adam_state_for_load(optimizer: Any) -> None:
+    """Give every parameter of torch's Adam/AdamW inside a Megatron optimizer an (empty) state.
+
+    Without TE or Apex, Megatron's distributed optimizer reads Adam's ``step`` from the per-parameter
+    state when it builds the state dict it loads into; a freshly built optimizer has none yet (on
+    GPU, TE's FusedAdam keeps ``step`` in the parameter groups instead). The loaded checkpoint
+    overwrites every value set here.
+    """
+    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(chained, "optimizer", None)
+        if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+            continue
+        for group in inner.param_groups:
+            for p in group["params"]:
+                state = inner.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def restore_adam_steps(optimizer: Any) -> None:
+    """After a load, set torch Adam's per-parameter ``step`` from the parameter groups' ``step``.
+
+    Megatron's distributed optimizer saves the iteration in the parameter groups; on the no-TE path
+    its ``dp_reshardable`` loader then overwrites the per-parameter states with the saved shards,
+    whose ``step`` entry does not carry the iteration (measured: 0 after resuming at step 4), so
+    Adam's bias correction would restart. TE's FusedAdam reads the groups' ``step`` directly.
+    """
+    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(chained, "optimizer", None)
+        if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+            continue
+        for group in inner.param_groups:
+            if "step" not in group:
+                continue
+            for p in group["params"]:
+                state = inner.state.get(p)
+                if state and "step" in state:
+                    state["step"] = torch.tensor(float(group["step"]), dtype=torch.float32)

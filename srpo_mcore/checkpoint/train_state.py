@@ -105,15 +105,20 @@ class TrainCheckpointer:
         """Restore model, optimizer and this rank's RNG from `path`; return the trainer state."""
         from megatron.core import dist_checkpointing
 
+        from srpo_mcore._compat.megatron_optim_cpu import prime_adam_state_for_load, restore_adam_steps
+
         path = Path(path)
+        prime_adam_state_for_load(optimizer)
         model_sd = model.sharded_state_dict()
         sharded = {
             "model": model_sd,
             "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=OPTIMIZER_METADATA),
         }
         loaded = dist_checkpointing.load(sharded, str(path))
-        model.load_state_dict(loaded["model"], strict=True)
-        optimizer.load_state_dict(loaded["optimizer"])
+        with torch.no_grad():  # fp32 main params are the (grad-requiring) model parameters themselves
+            model.load_state_dict(loaded["model"], strict=True)
+            optimizer.load_state_dict(loaded["optimizer"])
+        restore_adam_steps(optimizer)
         rng = path / "rng" / f"rank_{_rank():05d}.pt"
         if rng.exists():  # absent when resuming at a different world size
             torch.set_rng_state(torch.load(rng)["torch"])

@@ -432,15 +432,14 @@ def chat_prompt(row: PromptRow, tokenizer: Any, kind: str) -> str:
     Args:
         row: The prompt row.
         tokenizer: An HF tokenizer (or processor) with the model's chat template.
-        kind: ``data.prompt``: ``"srpo"`` or ``"plain"``.
+        kind: ``data.prompt``: ``"srpo"``, ``"plain"`` or ``"none"`` (no system message).
 
     Returns:
         The chat-templated text, ending with the assistant header; one image placeholder per image.
     """
-    messages = [
-        {"role": "system", "content": system_prompt(kind)},
-        {"role": "user", "content": user_content(row.question, len(row.images))},
-    ]
+    system = system_prompt(kind)
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": user_content(row.question, len(row.images))})
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert isinstance(text, str), f"apply_chat_template returned {type(text).__name__}, not str"
     return text

@@ -43,7 +43,9 @@ PLAIN_SYSTEM_PROMPT = (
 )
 """System prompt of the single-attempt format: one <think></think><answer></answer>, \\boxed{}."""
 
-SYSTEM_PROMPTS: dict[str, str] = {"srpo": SRPO_SYSTEM_PROMPT, "plain": PLAIN_SYSTEM_PROMPT}
+SYSTEM_PROMPTS: dict[str, str] = {"srpo": SRPO_SYSTEM_PROMPT, "plain": PLAIN_SYSTEM_PROMPT, "none": ""}
+"""``none``: no system prompt of ours (the chat template's default applies) — for a policy whose SFT
+stage already taught the format."""
 
 
 def system_prompt(kind: str) -> str:

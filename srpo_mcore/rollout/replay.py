@@ -102,6 +102,14 @@ class ReplaySource:
         if not self.root.is_dir():
             raise FileNotFoundError(f"rollout.replay_dir {self.root} does not exist")
 
+    spans_world = False
+
+    def sleep(self) -> None:
+        """Nothing to free (the engine's lifecycle calls are no-ops here)."""
+
+    def wake_up(self) -> None:
+        """Nothing to restore."""
+
     def steps(self) -> list[int]:
         return sorted(int(p.name.split("_")[1]) for p in self.root.glob("step_*") if (p / "rollouts.jsonl").exists())
 
