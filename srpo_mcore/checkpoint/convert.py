@@ -167,6 +167,10 @@ def _save_mcore(model: Any, out_dir: str) -> None:
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 
+    from srpo_mcore._compat.megatron_ckpt_queue import use_in_process_write_queue
+
+    use_in_process_write_queue()
+
     # Several writer threads per rank: measured 11.3 s -> 8.2 s for 3.4 GB on a 2-core machine.
     strategy = TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=4)
     dist_checkpointing.save(model.sharded_state_dict(), out_dir, sharded_strategy=strategy)

@@ -74,6 +74,9 @@ class TrainCheckpointer:
         """Write checkpoint ``step_{step:06d}`` and point ``latest`` at it; returns its path."""
         from megatron.core import dist_checkpointing
 
+        from srpo_mcore._compat.megatron_ckpt_queue import use_in_process_write_queue
+
+        use_in_process_write_queue()
         final = self.root / f"step_{step:06d}"
         tmp_name = None
         if _rank() == 0:
