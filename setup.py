@@ -42,6 +42,7 @@ setup(
         "console_scripts": [
             "srpo-config=srpo_mcore.config:main",
             "srpo-smoke=srpo_mcore.smoke:main",
+            "srpo-train=srpo_mcore.train:main",
             "srpo-convert-hf-to-mcore=srpo_mcore.checkpoint.cli:hf_to_mcore_main",
             "srpo-convert-mcore-to-hf=srpo_mcore.checkpoint.cli:mcore_to_hf_main",
         ]

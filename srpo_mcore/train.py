@@ -56,6 +56,8 @@ class _Stop:
         """Whether any rank got SIGTERM (collective)."""
         flag = torch.tensor([1.0 if cls.requested else 0.0])
         if dist.is_initialized():
+            if dist.get_backend() == "nccl":
+                flag = flag.to(torch.device("cuda", torch.cuda.current_device()))
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 

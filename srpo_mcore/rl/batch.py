@@ -146,6 +146,8 @@ def collate(
     in_prompt = torch.zeros(B, S, dtype=torch.bool)
     for b, s in enumerate(chosen):
         n_p, n_r = len(s.prompt_ids), len(s.response_ids)
+        if n_p == 0:
+            raise ValueError(f"sequence {index[b]}: empty prompt (a response needs the prompt token it follows)")
         prompt_pos = s.prompt_positions if s.prompt_positions is not None else torch.arange(n_p).expand(3, n_p)
         if tuple(prompt_pos.shape) != (3, n_p):
             raise ValueError(f"sequence {index[b]}: prompt positions {tuple(prompt_pos.shape)} for {n_p} prompt tokens")

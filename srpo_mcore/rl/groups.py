@@ -92,7 +92,12 @@ def select_groups(groups: Sequence[Group], cfg: GRPOConfig) -> tuple[list[Group]
         The kept groups (with ``advantages``) and ``grpo/*`` metrics.
     """
     if not groups:
-        return [], {"grpo/groups_total": 0.0, "grpo/groups_kept": 0.0, "grpo/groups_kept_fraction": 0.0}
+        return [], {
+            "grpo/groups_total": 0.0,
+            "grpo/groups_kept": 0.0,
+            "grpo/groups_kept_fraction": 0.0,
+            "grpo/advantage_abs_mean": 0.0,
+        }
     sizes = {len(g.samples) for g in groups}
     if len(sizes) != 1:
         raise ValueError(f"groups of different sizes {sorted(sizes)}: every prompt needs rollout.n samples")

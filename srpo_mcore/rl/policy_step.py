@@ -48,14 +48,15 @@ def _local(x: torch.Tensor) -> torch.Tensor:
 
 
 def _reduce(sums: torch.Tensor, op: Any = dist.ReduceOp.SUM) -> torch.Tensor:
-    """Reduce per-rank metric sums over the world; only tp-rank-0 ranks of the last stage contribute."""
+    """Reduce per-rank metric sums (CPU) over the world; only tp-rank-0 ranks of the last stage contribute."""
     counts = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
     if not counts:
         sums = torch.zeros_like(sums)
     if dist.is_initialized() and dist.get_world_size() > 1:
-        sums = sums.clone()
+        nccl = dist.get_backend() == "nccl"
+        sums = sums.to(torch.device("cuda", torch.cuda.current_device())) if nccl else sums.clone()
         dist.all_reduce(sums, op=op)
-    return sums
+    return sums.cpu()
 
 
 def _run(
@@ -99,8 +100,8 @@ def forward_logprobs(
         mask = _local(mb.loss_mask_BS)
         gap = (lp - _local(mb.rollout_logprobs_BS)).abs() * mask
         gap_max[0] = max(gap_max[0].item(), gap.max().item() if gap.numel() else 0.0)
-        sums = torch.stack([mask.sum(), gap.sum()]).double()
-        return lp.sum() * 0, torch.tensor(0, dtype=torch.int), {"sums": sums}
+        sums = torch.stack([mask.sum(), gap.sum()]).double().cpu()
+        return lp.sum() * 0, torch.zeros((), dtype=torch.int, device=lp.device), {"sums": sums}
 
     with torch.no_grad():
         reports = _run(model, micro_batches, loss_fn, forward_only=True)
@@ -151,22 +152,26 @@ def train_step(
             count = mask.sum()
         else:  # one unit per sequence with response tokens, counted once across context-parallel ranks
             full = mb.loss_mask_BS.sum(dim=1) > 0
-            count = full.sum().float() if ps.get_context_parallel_rank() == 0 else torch.zeros(())
+            count = full.sum().float() if ps.get_context_parallel_rank() == 0 else torch.zeros((), device=lp.device)
         with torch.no_grad():
             ent = token_entropy(logits.detach(), temperature)
             r = ratio.detach()
-            sums = torch.stack(
-                [
-                    mask.sum(),
-                    loss.detach(),
-                    w.sum(),
-                    (clipped & (mask > 0)).sum().float(),
-                    (r * mask).sum(),
-                    (((r - 1) - torch.log(r)) * mask).sum(),
-                    (kl.detach() * mask).sum(),
-                    (ent * mask).sum(),
-                ]
-            ).double()
+            sums = (
+                torch.stack(
+                    [
+                        mask.sum(),
+                        loss.detach(),
+                        w.sum(),
+                        (clipped & (mask > 0)).sum().float(),
+                        (r * mask).sum(),
+                        (((r - 1) - torch.log(r)) * mask).sum(),
+                        (kl.detach() * mask).sum(),
+                        (ent * mask).sum(),
+                    ]
+                )
+                .double()
+                .cpu()
+            )
         return loss, count.round().to(torch.int), {"sums": sums}
 
     for chunk in model:

@@ -44,14 +44,14 @@ def _gather_tp(shard: torch.Tensor, row: WeightRow) -> torch.Tensor:
     return tp_unshard(parts, dim=row.tp_dim, parts=row.tp_parts)
 
 
-def _broadcast_pp(full: torch.Tensor | None, owner: int) -> torch.Tensor:
+def _broadcast_pp(full: torch.Tensor | None, owner: int, device: torch.device) -> torch.Tensor:
     group = parallel_state.get_pipeline_model_parallel_group()
     src = dist.get_global_rank(group, owner)
     header = [None if full is None else (tuple(full.shape), full.dtype)]
     dist.broadcast_object_list(header, src=src, group=group)
     shape, dtype = header[0]  # type: ignore[misc]
     if full is None:
-        full = torch.empty(shape, dtype=dtype)
+        full = torch.empty(shape, dtype=dtype, device=device)
     dist.broadcast(full, src=src, group=group)
     return full
 
@@ -70,6 +70,7 @@ def iter_hf_weights(
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     offset = pp_rank * (arch.text.num_layers // pp)
     params = {canonical_name(global_name(n, offset)): p for n, p in model.named_parameters()}
+    device = next(model.parameters()).device  # receivers of a PP broadcast allocate where NCCL can reach
     bucket: list[tuple[str, torch.Tensor]] = []
     held = 0
     for row in weight_rows(arch):
@@ -78,7 +79,7 @@ def iter_hf_weights(
         owner = owner_stage(row, arch.text.num_layers, pp)
         full = _gather_tp(params[row.mcore].detach(), row) if owner == pp_rank else None
         if pp > 1:
-            full = _broadcast_pp(full, owner)
+            full = _broadcast_pp(full, owner, device)
         assert full is not None
         for name, tensor in to_hf(row, full, arch):
             bucket.append((name, tensor))

@@ -174,3 +174,21 @@ def build_tiny_checkpoint(name: str = "gqa", cache_dir: Path | None = None, seed
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m srpo_mcore.tiny.checkpoints [NAME]``: build (or reuse) a tiny checkpoint, print its directory."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m srpo_mcore.tiny.checkpoints", description=main.__doc__)
+    parser.add_argument(
+        "name", nargs="?", default="gqa", choices=sorted(TINY_CONFIGS), help="tiny config (default gqa)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    args = parser.parse_args(argv)
+    print(build_tiny_checkpoint(args.name, seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
