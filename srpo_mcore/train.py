@@ -191,7 +191,7 @@ class GRPOTrainer:
         return [to_request(r, self.tokenizer, self.cfg.data.prompt) for r in rows], [r.answer for r in rows]
 
     def _rollout(self, step: int, round_: int, count: int, timings: dict[str, float]) -> list[Any]:
-        """Generate and score `count` new prompts (or replay the saved ones of `step`)."""
+        """Generate and score `count` new prompts (or replay every group saved for `step`)."""
         from srpo_mcore.rl.groups import Group, request_seed, rollout_groups, score_samples
 
         start = time.perf_counter()
@@ -212,10 +212,6 @@ class GRPOTrainer:
                 self.engine, self.scorer, requests, golds, seeds=seeds, shared_engine=self.engine.spans_world
             )
         timings["rollout_s"] = timings.get("rollout_s", 0.0) + time.perf_counter() - start
-        if self.cfg.rollout.save_rollouts and self.rank0 and not self.cfg.rollout.replay_dir:
-            from srpo_mcore.rollout.replay import save_rollouts
-
-            save_rollouts(self.run_dir / "rollouts", step, [g.request for g in groups], [g.samples for g in groups])
         return groups
 
     def _prompt_inputs(self, request: Any, prompt_ids: list[int]) -> tuple[Any, torch.Tensor]:
@@ -360,13 +356,19 @@ class GRPOTrainer:
         groups = self._rollout(step, 0, target, timings)
         kept, metrics = select_groups(groups, cfg.grpo)
         rounds = 0
-        while cfg.grpo.dynamic_sampling and len(kept) < target and rounds < cfg.grpo.max_refill_rounds:
+        replay = bool(cfg.rollout.replay_dir)  # a saved step already holds every refill round
+        while not replay and cfg.grpo.dynamic_sampling and len(kept) < target and rounds < cfg.grpo.max_refill_rounds:
             rounds += 1
             more = self._rollout(step, rounds, target - len(kept), timings)
             more_kept, _ = select_groups(more, cfg.grpo)
             groups += more
             kept += more_kept
         kept = kept[:target]
+        metrics["grpo/groups_trained"] = float(len(kept))
+        if cfg.rollout.save_rollouts and self.rank0 and not replay:
+            from srpo_mcore.rollout.replay import save_rollouts
+
+            save_rollouts(self.run_dir / "rollouts", step, [g.request for g in groups], [g.samples for g in groups])
         metrics.update(summarize([r for g in groups for r in g.rewards]))
         samples = [s for g in groups for s in g.samples]
         lengths = [len(s.token_ids) for s in samples]

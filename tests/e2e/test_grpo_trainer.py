@@ -71,9 +71,12 @@ def test_layouts_equal_tp1(setup) -> None:
 
     runs = setup["root"] / "runs"
     optim = {"lr": 5.0e-5}  # Adam's first steps move every weight by ~lr: keeps layout noise well under 1e-5
-    run_train(_recipe(setup, "source", rollout={"save_rollouts": True}, optim=optim))
+    train = {"steps": 2, "save_every": 0, "export_hf_at_end": True, "updates_per_step": 2}
+    grpo = {"dynamic_sampling": True, "max_refill_rounds": 2}
+    run_train(_recipe(setup, "source", rollout={"save_rollouts": True}, optim=optim, train=train, grpo=grpo))
+    for m in read_metrics(runs / "source"):  # dynamic sampling refilled the filtered groups (or gave up)
+        assert m["grpo/groups_trained"] == 8 or m["grpo/refill_rounds"] == 2, m
     replay = {"replay_dir": str(runs / "source" / "rollouts")}
-    train = {"steps": 2, "save_every": 0, "export_hf_at_end": True}
     layouts = {"tp1": ([], 1), "tp2": (["parallel.tp=2"], 2), "pp2": (["parallel.pp=2"], 2)}
     for name, (overrides, nproc) in layouts.items():
         run_train(_recipe(setup, name, rollout=replay, train=train, optim=optim), overrides, nproc=nproc)
@@ -156,7 +159,9 @@ def test_resume_equals_uninterrupted(setup, how: str) -> None:
 def test_reward_rises(setup) -> None:
     """Secret-number task, 40 steps of 8 prompts x 8 samples: reward and accuracy must rise."""
     runs = setup["root"] / "runs"
-    run_train(_recipe(setup, "learn", train={"steps": 40}, logging={"plot_every": 20}), timeout=900)
+    # Check mode on: every step the engine's logprobs must match the trainer's within 1e-3.
+    learn = _recipe(setup, "learn", train={"steps": 40}, logging={"plot_every": 20}, rollout={"check": True})
+    run_train(learn, timeout=900)
     m = read_metrics(runs / "learn")
     assert len(m) == 40
 
@@ -171,3 +176,10 @@ def test_reward_rises(setup) -> None:
     assert acc_gain >= 0.2, f"final-answer accuracy rose by only {acc_gain:.3f}"
     assert mean("reward/format_valid_rate", last) >= 0.7, "the format collapsed while learning"
     assert (runs / "learn" / "plots" / "reward.png").exists()
+
+
+def test_check_mode_fails_loudly(setup) -> None:
+    """A tolerance below the engine-vs-trainer numerical gap must stop the run and say why."""
+    recipe = _recipe(setup, "check", train={"steps": 1}, rollout={"check": True, "check_tolerance": 1e-12})
+    with pytest.raises(AssertionError, match=r"engine vs trainer logprob gap .* > rollout.check_tolerance 1e-12"):
+        run_train(recipe)
