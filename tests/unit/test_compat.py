@@ -118,3 +118,41 @@ def test_cp_rotary_slice_matches_load_balanced_layout(cpu_shims) -> None:
         got = rope_utils.get_pos_emb_on_this_cp_rank(emb, 0, Group(2, rank))
         assert torch.equal(got, cp_slice(emb, 0, 2, rank))
     assert cp_slice(torch.arange(8), 0, 2, 0).tolist() == [0, 1, 6, 7]
+
+
+def test_optimizer_shims_redirect_cuda_and_restore(cpu_shims) -> None:
+    """Megatron's optimizer modules see CPU tensors where they ask for CUDA; type spoofing is scoped."""
+    from megatron.core.optimizer import clip_grads, distrib_optimizer
+    from megatron.core.optimizer import optimizer as optimizer_mod
+
+    from srpo_mcore._compat import megatron_optim_cpu
+
+    for module in (optimizer_mod, distrib_optimizer, clip_grads):
+        t = module.torch.tensor([1.0], dtype=torch.float, device="cuda")
+        assert t.device.type == "cpu"
+    x = torch.zeros(2)
+    assert x.type() == "torch.FloatTensor"
+    with megatron_optim_cpu.cuda_type_names():
+        assert x.type() == "torch.cuda.FloatTensor" and x.bfloat16().type() == "torch.cuda.BFloat16Tensor"
+        assert x.type(torch.float64).dtype == torch.float64  # conversions still work
+    assert x.type() == "torch.FloatTensor"  # nobody else sees the spoofed names
+    norm, _ = clip_grads.l2_norm_impl(0, None, [[torch.tensor([3.0]), torch.tensor([4.0])]], False)
+    assert norm.device.type == "cpu" and norm.item() == pytest.approx(5.0)
+    megatron_cpu.disable_megatron_cpu()
+    assert optimizer_mod.torch is torch and clip_grads.torch is torch
+    megatron_cpu.enable_megatron_cpu(force=True)
+
+
+def test_checkpoint_write_queue_is_in_process() -> None:
+    """Saves must not start a multiprocessing Manager (it outlives a SIGKILLed trainer)."""
+    import multiprocessing
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    from srpo_mcore._compat.megatron_ckpt_queue import use_in_process_write_queue
+
+    before = len(multiprocessing.active_children())
+    use_in_process_write_queue()
+    assert isinstance(filesystem_async.get_write_results_queue(), queue.Queue)
+    assert len(multiprocessing.active_children()) == before
