@@ -1,7 +1,8 @@
 """The GRPO trainer end to end (``python -m srpo_mcore.train`` as users run it), on CPU.
 
-- layouts: the same saved rollouts (replay mode) trained at TP=1, TP=2 and PP=2 for two steps give
-  the same loss and the same updated weights (exported HF checkpoints) within 1e-5.
+- layouts: the same saved rollouts (replay mode) trained at TP=1, TP=2, PP=2 and CP=2 for two steps
+  give the same loss and the same updated weights (exported HF checkpoints) within 1e-5; with
+  ``grpo.kl_coef > 0`` (reference model, TP=2) the k3 KL grows from ~0 and enters the loss.
 - resume: a run stopped by SIGTERM (saves, exits 0) or killed by SIGKILL and then resumed logs
   exactly the metrics of an uninterrupted run (bitwise, fixed seeds, real vLLM engine refitted from
   the restored weights); no checkpoint directory is ever incomplete.
@@ -77,7 +78,13 @@ def test_layouts_equal_tp1(setup) -> None:
     for m in read_metrics(runs / "source"):  # dynamic sampling refilled the filtered groups (or gave up)
         assert m["grpo/groups_trained"] == 8 or m["grpo/refill_rounds"] == 2, m
     replay = {"replay_dir": str(runs / "source" / "rollouts")}
-    layouts = {"tp1": ([], 1), "tp2": (["parallel.tp=2"], 2), "pp2": (["parallel.pp=2"], 2)}
+    layouts = {
+        "tp1": ([], 1),
+        "tp2": (["parallel.tp=2"], 2),
+        "pp2": (["parallel.pp=2"], 2),
+        "cp2": (["parallel.cp=2"], 2),
+        "tp2_kl": (["parallel.tp=2", "grpo.kl_coef=0.1"], 2),  # the frozen reference model, under TP
+    }
     for name, (overrides, nproc) in layouts.items():
         run_train(_recipe(setup, name, rollout=replay, train=train, optim=optim), overrides, nproc=nproc)
     ref_metrics = read_metrics(runs / "tp1")
@@ -86,7 +93,11 @@ def test_layouts_equal_tp1(setup) -> None:
     moved = max((ref[k] - init[k]).abs().max().item() for k in ref)
     assert moved > 2e-5, f"the updates did not change the weights (max change {moved:.2e})"
     assert [m["train/loss"] for m in ref_metrics] != [0.0, 0.0], "replayed rollouts carry no learning signal"
-    for name in ("tp2", "pp2"):
+    kl = read_metrics(runs / "tp2_kl")
+    # Step 1's first update starts at the reference (KL 0), its second has moved once; step 2 further.
+    assert 0 < kl[0]["train/kl_ref"] < kl[1]["train/kl_ref"], [m["train/kl_ref"] for m in kl]
+    assert abs(kl[1]["train/loss"] - ref_metrics[1]["train/loss"]) > 1e-6, "the KL term enters the loss"
+    for name in ("tp2", "pp2", "cp2"):
         metrics = read_metrics(runs / name)
         assert len(metrics) == len(ref_metrics) == 2
         for a, b in zip(metrics, ref_metrics):
