@@ -396,7 +396,14 @@ class GRPOTrainer:
     def save(self) -> None:
         start = time.perf_counter()
         state = {"scheduler": self.scheduler.state_dict(), "data": self.sampler.state(), "seed": self.cfg.seed}
-        path = self.checkpointer.save(self.step, self.model, self.optimizer, state)
+        from srpo_mcore.checkpoint.convert import describe_checkpoint
+
+        p = self.cfg.parallel
+
+        def describe(tmp: Path) -> None:
+            describe_checkpoint(tmp, self.arch, dtype=self.cfg.model.dtype, tp=p.tp, pp=p.pp, hf_source=self.hf_dir)
+
+        path = self.checkpointer.save(self.step, self.model, self.optimizer, state, describe=describe)
         log.info("saved %s (%.1f s)", path, time.perf_counter() - start)
 
     def run(self) -> int:

@@ -128,6 +128,15 @@ def _write_meta(out: Path, arch: Qwen25VLArch, dtype: str, tp: int, pp: int) -> 
     (out / META).write_text(json.dumps(meta, indent=2))
 
 
+def describe_checkpoint(
+    out: str | Path, arch: Qwen25VLArch, *, dtype: str, tp: int, pp: int, hf_source: str | Path
+) -> None:
+    """Make a Megatron checkpoint directory (e.g. a training checkpoint) readable by the converters:
+    write ``srpo_mcore.json`` and copy config/tokenizer/processor files from the HF source."""
+    _write_meta(Path(out), arch, dtype, tp, pp)
+    _copy_side_files(Path(hf_source), Path(out))
+
+
 # ---------------------------------------------------------------------------------------------
 # Workers (one process per rank)
 # ---------------------------------------------------------------------------------------------
@@ -159,8 +168,10 @@ def _build(arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> Any:
 def _load_mcore(model: Any, mcore_dir: str) -> None:
     from megatron.core import dist_checkpointing
 
-    state = dist_checkpointing.load(model.sharded_state_dict(), mcore_dir)
-    model.load_state_dict(state, strict=True)
+    request = model.sharded_state_dict()
+    state = dist_checkpointing.load(request, mcore_dir)
+    # A training checkpoint also holds the optimizer's common state; take the model's entries only.
+    model.load_state_dict({k: v for k, v in state.items() if k in request}, strict=True)
 
 
 def _save_mcore(model: Any, out_dir: str) -> None:

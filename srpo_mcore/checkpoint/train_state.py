@@ -6,6 +6,8 @@ Owns the layout of ``<run_dir>/checkpoints/``::
         (torch_dist files)  model + optimizer state, sharded by Megatron (any TP/PP/DP on load)
         trainer_state.json  step, data position, lr schedule, wandb id, ... (plain JSON)
         rng/rank_00000.pt   every rank's torch RNG state
+    srpo_mcore.json, config.json, tokenizer files   (from the trainer) so the converters read it:
+                        tools/convert_mcore_to_hf.py --mcore-dir .../step_000010 --out hf_step10
     latest                  text file naming the newest complete checkpoint
 
 A checkpoint is written into a hidden temporary sibling (name chosen on rank 0 and broadcast),
@@ -24,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +73,20 @@ class TrainCheckpointer:
             raise FileNotFoundError(f"{pointer} names {path}, which is not a complete checkpoint")
         return path
 
-    def save(self, step: int, model: Any, optimizer: Any, state: dict[str, Any]) -> Path:
-        """Write checkpoint ``step_{step:06d}`` and point ``latest`` at it; returns its path."""
+    def save(
+        self,
+        step: int,
+        model: Any,
+        optimizer: Any,
+        state: dict[str, Any],
+        describe: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Write checkpoint ``step_{step:06d}`` and point ``latest`` at it; returns its path.
+
+        Args:
+            describe: Called on rank 0 with the (temporary) checkpoint directory before it is renamed
+                into place, to add files of the caller's (e.g. converter metadata).
+        """
         from megatron.core import dist_checkpointing
 
         from srpo_mcore._compat.megatron_ckpt_queue import use_in_process_write_queue
@@ -95,6 +110,8 @@ class TrainCheckpointer:
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng" / f"rank_{_rank():05d}.pt")
         _barrier()
         if _rank() == 0:
+            if describe is not None:
+                describe(tmp)
             _write_json(tmp / "trainer_state.json", {**state, "step": step})
             if final.exists():
                 shutil.rmtree(final)

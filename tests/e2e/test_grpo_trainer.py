@@ -68,6 +68,7 @@ def _computed(records: list[dict]) -> list[dict]:
 
 
 def test_layouts_equal_tp1(setup) -> None:
+    import torch
     from safetensors.torch import load_file
 
     runs = setup["root"] / "runs"
@@ -105,6 +106,12 @@ def test_layouts_equal_tp1(setup) -> None:
                 assert abs(a[key] - b[key]) <= 1e-5, f"{name} step {a['step']}: {key} {a[key]} vs tp1 {b[key]}"
         weights = load_file(runs / name / "hf" / "model.safetensors")
         assert weights.keys() == ref.keys()
+        if name == "tp2":  # a training checkpoint converts to exactly what the trainer exported
+            from srpo_mcore.checkpoint.convert import mcore_to_hf
+
+            out = mcore_to_hf(runs / name / "checkpoints" / "step_000002", setup["root"] / "tp2_ckpt_hf")
+            converted = load_file(out / "model.safetensors")
+            assert all(torch.equal(converted[k], weights[k]) for k in weights), "converter != trainer export"
         worst = max((weights[k] - ref[k]).abs().max().item() for k in ref)
         assert worst <= 1e-5, f"{name}: updated weights differ from tp1 by {worst:.2e}"
 
