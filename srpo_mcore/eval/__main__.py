@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="HF checkpoint directory (e.g. exported with convert_mcore_to_hf)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="HF checkpoint directory, or a Megatron/training checkpoint (exported to HF first)",
+    )
     p.add_argument(
         "--benchmarks",
         default=",".join(BENCHMARKS),
@@ -61,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _as_hf_dir(model: str, out: str) -> str:
+    """`model` itself when it is an HF checkpoint; a Megatron (e.g. training) checkpoint is first exported to HF
+    next to the outputs (``<out>.model_hf``) with the converter library."""
+    from pathlib import Path
+
+    from srpo_mcore.checkpoint.convert import META, mcore_to_hf
+
+    if not (Path(model) / META).exists():
+        return model
+    target = Path(out).with_name(Path(out).name + ".model_hf")
+    print(f"{model} is a Megatron checkpoint: exporting it to {target} first", file=sys.stderr)
+    return str(mcore_to_hf(model, target, force=True))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -84,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from srpo_mcore.rollout.engine import RolloutEngine
 
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if torch.cuda.is_available() else "fp32")
+    args.model = _as_hf_dir(args.model, args.out)
     cfg = RolloutConfig(
         n=1,
         max_tokens=args.max_tokens,

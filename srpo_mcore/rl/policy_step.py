@@ -41,13 +41,13 @@ _TRAIN_SUMS = ("tokens", "loss", "weight", "clipped", "ratio", "approx_kl_old", 
 _GAP_SUMS = ("tokens", "abs_gap")
 
 
-def _local(x: torch.Tensor) -> torch.Tensor:
+def cp_local(x: torch.Tensor) -> torch.Tensor:
     """This context-parallel rank's slice of a ``[B, S]`` tensor."""
     cp = ps.get_context_parallel_world_size()
     return cp_slice(x, 1, cp, ps.get_context_parallel_rank()) if cp > 1 else x
 
 
-def _reduce(sums: torch.Tensor, op: Any = dist.ReduceOp.SUM) -> torch.Tensor:
+def reduce_sums(sums: torch.Tensor, op: Any = dist.ReduceOp.SUM) -> torch.Tensor:
     """Reduce per-rank metric sums (CPU) over the world; only tp-rank-0 ranks of the last stage contribute."""
     counts = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
     if not counts:
@@ -59,7 +59,7 @@ def _reduce(sums: torch.Tensor, op: Any = dist.ReduceOp.SUM) -> torch.Tensor:
     return sums.cpu()
 
 
-def _run(
+def run_schedule(
     model: Sequence[Any], micro_batches: Sequence[MicroBatch], loss_fn: Any, *, forward_only: bool
 ) -> list[dict[str, torch.Tensor]]:
     def forward_step(data_iterator: Any, chunk: Any) -> tuple[torch.Tensor, Any]:
@@ -95,21 +95,21 @@ def forward_logprobs(
     gap_max = torch.zeros(1, dtype=torch.float64)
 
     def loss_fn(mb: MicroBatch, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        lp = token_logprobs(logits, _local(mb.targets_BS), temperature)
+        lp = token_logprobs(logits, cp_local(mb.targets_BS), temperature)
         mb.local[name] = lp.detach()
-        mask = _local(mb.loss_mask_BS)
-        gap = (lp - _local(mb.rollout_logprobs_BS)).abs() * mask
+        mask = cp_local(mb.loss_mask_BS)
+        gap = (lp - cp_local(mb.rollout_logprobs_BS)).abs() * mask
         gap_max[0] = max(gap_max[0].item(), gap.max().item() if gap.numel() else 0.0)
         sums = torch.stack([mask.sum(), gap.sum()]).double().cpu()
         return lp.sum() * 0, torch.zeros((), dtype=torch.int, device=lp.device), {"sums": sums}
 
     with torch.no_grad():
-        reports = _run(model, micro_batches, loss_fn, forward_only=True)
+        reports = run_schedule(model, micro_batches, loss_fn, forward_only=True)
     sums = torch.zeros(len(_GAP_SUMS), dtype=torch.float64)
     for r in reports:
         sums += r["sums"]
-    sums = _reduce(sums)
-    worst = _reduce(gap_max, dist.ReduceOp.MAX)
+    sums = reduce_sums(sums)
+    worst = reduce_sums(gap_max, dist.ReduceOp.MAX)
     n = max(sums[0].item(), 1.0)
     return {"logprob_gap_max": worst.item(), "logprob_gap_mean": sums[1].item() / n, "tokens": sums[0].item()}
 
@@ -136,11 +136,11 @@ def train_step(
     kl_coef = cfg.kl_coef
 
     def loss_fn(mb: MicroBatch, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        lp = token_logprobs(logits, _local(mb.targets_BS), temperature)
-        mask, weight = _local(mb.loss_mask_BS), _local(mb.token_weight_BS)
-        old = mb.local.get(old_logprobs, _local(mb.rollout_logprobs_BS))
+        lp = token_logprobs(logits, cp_local(mb.targets_BS), temperature)
+        mask, weight = cp_local(mb.loss_mask_BS), cp_local(mb.token_weight_BS)
+        old = mb.local.get(old_logprobs, cp_local(mb.rollout_logprobs_BS))
         per_token, clipped, ratio = clipped_surrogate(
-            lp, old, _local(mb.advantages_BS), clip_low=cfg.clip_low, clip_high=cfg.clip_high
+            lp, old, cp_local(mb.advantages_BS), clip_low=cfg.clip_low, clip_high=cfg.clip_high
         )
         kl = torch.zeros_like(lp)
         if kl_coef > 0:
@@ -177,12 +177,12 @@ def train_step(
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    reports = _run(model, micro_batches, loss_fn, forward_only=False)
+    reports = run_schedule(model, micro_batches, loss_fn, forward_only=False)
     ok, grad_norm, _ = optimizer.step()
     sums = torch.zeros(len(_TRAIN_SUMS), dtype=torch.float64)
     for r in reports:
         sums += r["sums"]
-    s = dict(zip(_TRAIN_SUMS, _reduce(sums).tolist()))
+    s = dict(zip(_TRAIN_SUMS, reduce_sums(sums).tolist()))
     n = max(s["tokens"], 1.0)
     return {
         "loss": s["loss"] / max(s["weight"], 1e-12),
