@@ -43,6 +43,7 @@ setup(
             "srpo-config=srpo_mcore.config:main",
             "srpo-smoke=srpo_mcore.smoke:main",
             "srpo-train=srpo_mcore.train:main",
+            "srpo-sft=srpo_mcore.sft:main",
             "srpo-convert-hf-to-mcore=srpo_mcore.checkpoint.cli:hf_to_mcore_main",
             "srpo-convert-mcore-to-hf=srpo_mcore.checkpoint.cli:mcore_to_hf_main",
         ]

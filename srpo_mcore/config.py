@@ -289,6 +289,19 @@ class TrainConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Stage-1 reflection SFT (``python -m srpo_mcore.sft``). Its rows are prompt rows (``data``)
+    whose ``data.answer_field`` column holds the assistant's target response."""
+
+    batch_size: int = 32
+    """Sequences per optimizer step (global, over all data-parallel ranks)."""
+    warmup_ratio: float = 0.1
+    """Linear warmup over this fraction of the steps (overrides ``optim.warmup_steps`` when > 0)."""
+    max_seq_len: int = 4096
+    """Samples longer than this (prompt + response tokens) are skipped and counted."""
+
+
+@dataclass
 class LoggingConfig:
     """Where and how a run reports."""
 
@@ -320,6 +333,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self, world_size: int | None = None) -> None:
@@ -364,6 +378,8 @@ class RunConfig:
             problems.append("train.steps must be >= 0; train.episodes, updates_per_step, micro_batch_tokens >= 1")
         if t.save_every < 0 or t.keep_last < 1:
             problems.append("train.save_every must be >= 0 and train.keep_last >= 1")
+        if self.sft.batch_size < 1 or self.sft.max_seq_len < 2 or not 0.0 <= self.sft.warmup_ratio < 1.0:
+            problems.append("sft.batch_size must be >= 1, sft.max_seq_len >= 2 and 0 <= sft.warmup_ratio < 1")
         if g.max_refill_rounds < 0:
             problems.append("grpo.max_refill_rounds must be >= 0")
         if r.num_workers < -1:

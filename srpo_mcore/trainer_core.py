@@ -98,7 +98,7 @@ class MegatronTrainer:
         self.sampler = PromptSampler(len(self.rows), seed=cfg.seed, shuffle=cfg.data.shuffle)
         self.total_steps = cfg.train.steps or cfg.train.episodes * math.ceil(len(self.rows) / self.rows_per_step())
         self.optimizer, self.scheduler = build_optimizer(
-            self.ddp, cfg.optim, dtype=cfg.model.dtype, total_steps=self.total_steps
+            self.ddp, self.optim_config(), dtype=cfg.model.dtype, total_steps=self.total_steps
         )
         self.dp_rank = ps.get_data_parallel_rank()
         self.dp_size = ps.get_data_parallel_world_size()
@@ -118,6 +118,10 @@ class MegatronTrainer:
     def train_one_step(self) -> dict[str, float]:
         """Run step ``self.step + 1``, advance ``self.step``, return its metrics."""
         raise NotImplementedError
+
+    def optim_config(self) -> Any:
+        """The optimizer section to build from (``self.total_steps`` is known when this is called)."""
+        return self.cfg.optim
 
     def after_resume(self) -> None:
         """Called once the checkpoint is loaded (e.g. to refit a rollout engine)."""
