@@ -286,6 +286,16 @@ class TrainConfig:
     """Continue from the run directory's latest checkpoint when there is one."""
     export_hf_at_end: bool = True
     """Write a HF checkpoint of the final policy under the run directory."""
+    eval_every: int = 0
+    """GRPO: evaluate the policy (greedy, through the rollout engine) every N steps; 0 = never."""
+    eval_benchmarks: str = ""
+    """Benchmarks of that evaluation, as ``python -m srpo_mcore.eval --benchmarks`` takes them."""
+    eval_data_root: str | None = None
+    """Their data root (see ``python -m srpo_mcore.eval --help``)."""
+    eval_limit: int = 64
+    """Questions per benchmark split in the periodic evaluation (a held-out subset)."""
+    eval_max_tokens: int = 1024
+    """New-token limit of the periodic evaluation."""
 
 
 @dataclass
@@ -376,6 +386,8 @@ class RunConfig:
             problems.append("optim.warmup_steps, optim.clip_grad and optim.weight_decay must be >= 0")
         if t.steps < 0 or t.episodes < 1 or t.updates_per_step < 1 or t.micro_batch_tokens < 1:
             problems.append("train.steps must be >= 0; train.episodes, updates_per_step, micro_batch_tokens >= 1")
+        if t.eval_every < 0 or (t.eval_every and not (t.eval_benchmarks and t.eval_data_root)):
+            problems.append("train.eval_every > 0 needs train.eval_benchmarks and train.eval_data_root")
         if t.save_every < 0 or t.keep_last < 1:
             problems.append("train.save_every must be >= 0 and train.keep_last >= 1")
         if self.sft.batch_size < 1 or self.sft.max_seq_len < 2 or not 0.0 <= self.sft.warmup_ratio < 1.0:

@@ -55,6 +55,47 @@ class GRPOTrainer(MegatronTrainer):
             count_tokens=lambda xs: [len(ids) for ids in self.tokenizer(xs, add_special_tokens=False).input_ids],
         )
         self._prompt_cache: dict[int, Any] = {}
+        self.eval_items = self._load_eval_items()
+
+    def _load_eval_items(self) -> list[Any]:
+        """The held-out benchmark questions of ``train.eval_every`` (on the ranks that evaluate)."""
+        t = self.cfg.train
+        if not t.eval_every or not (self.rank0 or self.engine.spans_world):
+            return []
+        from srpo_mcore.eval.benchmarks import load_items, parse_benchmarks
+
+        items = [
+            item
+            for name, split in parse_benchmarks(t.eval_benchmarks)
+            for item in load_items(name, split, t.eval_data_root or "", t.eval_limit)
+        ]
+        log.info(
+            "periodic evaluation: %d questions from %s every %d steps", len(items), t.eval_benchmarks, t.eval_every
+        )
+        return items
+
+    def _evaluate(self) -> dict[str, float]:
+        """Greedy evaluation of the current policy through the refitted engine; ``eval/*`` metrics."""
+        from srpo_mcore.eval.run import evaluate, summarize
+
+        if not self.eval_items:  # ranks whose engine does not take part
+            return {}
+        results = evaluate(
+            self.engine,
+            self.eval_items,
+            self.tokenizer,
+            prompt=self.cfg.data.prompt,
+            max_tokens=self.cfg.train.eval_max_tokens,
+            progress=False,
+            processor=self.processor,
+            max_model_len=self.cfg.rollout.max_model_len,
+        )
+        out: dict[str, float] = {}
+        for bench, entry in summarize(results)["benchmarks"].items():
+            out[f"eval/{bench}/accuracy"] = float(entry["accuracy"])
+            if "first_accuracy" in entry:
+                out[f"eval/{bench}/first_accuracy"] = float(entry["first_accuracy"])
+        return out
 
     def rows_per_step(self) -> int:
         return self.cfg.data.prompts_per_step
@@ -261,6 +302,10 @@ class GRPOTrainer(MegatronTrainer):
         else:
             log.warning("step %d: no group passed the accuracy filter; no update this step", step)
         self.step = step
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and not cfg.rollout.replay_dir:
+            start = time.perf_counter()
+            metrics.update(self._evaluate())
+            timings["eval_s"] = time.perf_counter() - start
         timings["step_s"] = time.perf_counter() - t0
         metrics.update({f"time/{k}": v for k, v in timings.items()})
         metrics["train/step"] = float(step)

@@ -201,3 +201,15 @@ def test_check_mode_fails_loudly(setup) -> None:
     recipe = _recipe(setup, "check", train={"steps": 1}, rollout={"check": True, "check_tolerance": 1e-12})
     with pytest.raises(AssertionError, match=r"engine vs trainer logprob gap .* > rollout.check_tolerance 1e-12"):
         run_train(recipe)
+
+
+def test_periodic_evaluation(setup) -> None:
+    """``train.eval_every``: the policy is evaluated through the refitted engine; eval/* metrics logged."""
+    from srpo_mcore.eval.fixtures import write_fixture_root
+
+    root = write_fixture_root(setup["root"] / "bench")
+    train = {"steps": 2, "eval_every": 2, "eval_benchmarks": "mathvista", "eval_data_root": str(root)}
+    run_train(_recipe(setup, "evals", train={**train, "eval_limit": 2, "eval_max_tokens": 8}))
+    m = read_metrics(setup["root"] / "runs" / "evals")
+    assert "eval/mathvista/accuracy" not in m[0]
+    assert 0.0 <= m[1]["eval/mathvista/accuracy"] <= 100.0 and m[1]["time/eval_s"] > 0
