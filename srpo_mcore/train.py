@@ -90,7 +90,11 @@ class GRPOTrainer(MegatronTrainer):
             processor=self.processor,
             max_model_len=self.cfg.rollout.max_model_len,
         )
-        out: dict[str, float] = {}
+        out: dict[str, float] = {
+            "eval/questions": float(len(results)),
+            "eval/prompt_too_long": float(sum(r.finish_reason == "prompt_too_long" for r in results)),
+            "eval/response_tokens_mean": sum(r.response_tokens for r in results) / max(len(results), 1),
+        }
         for bench, entry in summarize(results)["benchmarks"].items():
             out[f"eval/{bench}/accuracy"] = float(entry["accuracy"])
             if "first_accuracy" in entry:

@@ -209,7 +209,10 @@ def test_periodic_evaluation(setup) -> None:
 
     root = write_fixture_root(setup["root"] / "bench")
     train = {"steps": 2, "eval_every": 2, "eval_benchmarks": "mathvista", "eval_data_root": str(root)}
-    run_train(_recipe(setup, "evals", train={**train, "eval_limit": 2, "eval_max_tokens": 8}))
+    rollout = {"max_model_len": 1024}
+    run_train(_recipe(setup, "evals", train={**train, "eval_limit": 2, "eval_max_tokens": 8}, rollout=rollout))
     m = read_metrics(setup["root"] / "runs" / "evals")
     assert "eval/mathvista/accuracy" not in m[0]
     assert 0.0 <= m[1]["eval/mathvista/accuracy"] <= 100.0 and m[1]["time/eval_s"] > 0
+    assert m[1]["eval/questions"] == 2 and m[1]["eval/prompt_too_long"] == 0, m[1]
+    assert 0 < m[1]["eval/response_tokens_mean"] <= 8, "the engine generated the answers"
