@@ -1,7 +1,9 @@
 """Stage-1 SFT (``python -m srpo_mcore.sft``) on the synthetic visual task with SRPO-format targets.
 
-- the loss mask is exactly the assistant turn of the chat template (token by token, with images);
-- TP=2 equals TP=1 for the first steps (loss within 1e-5, exported weights within 1e-5);
+- the loss mask is exactly the assistant turn of the chat template (token by token, with images),
+  on hand-made rows and on the reflection builder's output;
+- on the builder's output (tiny policy, template teacher), TP=2 equals TP=1 for the first steps
+  (loss within 1e-5, exported weights within 1e-5);
 - the loss falls on a tiny overfit run (last step < 40% of the first).
 """
 
@@ -37,7 +39,27 @@ def sft_data(tmp_path_factory) -> Path:
     return out
 
 
-def test_loss_mask_is_the_assistant_turn(sft_data, tiny_checkpoint) -> None:
+@pytest.fixture(scope="module")
+def built_set(sft_data, tiny_checkpoint) -> Path:
+    """The reflection builder's own output (tiny policy, template teacher): what SFT trains on."""
+    import subprocess
+
+    import grpo_fixtures
+
+    out = sft_data.parent.parent / "built"
+    cmd = [
+        sys.executable, "-m", "srpo_mcore.reflection.build", "--pool", str(sft_data.parent / "train.jsonl"),
+        "--policy", str(tiny_checkpoint("gqa")), "--teacher", "template", "--out", str(out), "--size", "8",
+        "--max-tokens", "16", "--max-model-len", "1024", "--dtype", "fp32", "--lenient-first", "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=grpo_fixtures.ROOT, env=grpo_fixtures.train_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return out / "sft.jsonl"
+
+
+@pytest.mark.parametrize("source", ["synthetic", "built"])
+def test_loss_mask_is_the_assistant_turn(source, request, tiny_checkpoint) -> None:
+    sft_data = request.getfixturevalue("sft_data" if source == "synthetic" else "built_set")
     from transformers import AutoProcessor
 
     from srpo_mcore.config import DataConfig
@@ -96,13 +118,14 @@ def _sft(recipe: Path, overrides: list[str] = (), nproc: int = 1) -> None:
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
 
 
-def test_tp2_equals_tp1(sft_data, tiny_checkpoint, tmp_path) -> None:
+def test_tp2_equals_tp1(built_set, tiny_checkpoint, tmp_path) -> None:
+    """SFT on the builder's set: TP=2 equals TP=1 for the first steps."""
     from safetensors.torch import load_file
 
     hf = Path(tiny_checkpoint("gqa"))
     runs = tmp_path / "runs"
-    _sft(_recipe(tmp_path, sft_data, hf, "tp1"))
-    _sft(_recipe(tmp_path, sft_data, hf, "tp2"), ["parallel.tp=2"], nproc=2)
+    _sft(_recipe(tmp_path, built_set, hf, "tp1"))
+    _sft(_recipe(tmp_path, built_set, hf, "tp2"), ["parallel.tp=2"], nproc=2)
     a, b = read_metrics(runs / "tp1"), read_metrics(runs / "tp2")
     assert len(a) == len(b) == 3
     for x, y in zip(a, b):
