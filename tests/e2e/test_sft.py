@@ -124,8 +124,9 @@ def test_tp2_equals_tp1(built_set, tiny_checkpoint, tmp_path) -> None:
 
     hf = Path(tiny_checkpoint("gqa"))
     runs = tmp_path / "runs"
-    _sft(_recipe(tmp_path, built_set, hf, "tp1"))
-    _sft(_recipe(tmp_path, built_set, hf, "tp2"), ["parallel.tp=2"], nproc=2)
+    optim = {"lr": 2.0e-4, "min_lr": 2.0e-5}  # Adam moves weights by ~lr: layout noise stays far below 1e-5
+    _sft(_recipe(tmp_path, built_set, hf, "tp1", optim=optim))
+    _sft(_recipe(tmp_path, built_set, hf, "tp2", optim=optim), ["parallel.tp=2"], nproc=2)
     a, b = read_metrics(runs / "tp1"), read_metrics(runs / "tp2")
     assert len(a) == len(b) == 3
     for x, y in zip(a, b):
