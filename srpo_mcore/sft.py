@@ -16,7 +16,6 @@ step (``sft_step``) and ``SFTTrainer``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -24,10 +23,9 @@ from typing import Any
 
 import torch
 
-from srpo_mcore.config import ConfigError, RunConfig, add_config_args, config_from_args
 from srpo_mcore.observe.rank0_log import get_logger
 from srpo_mcore.rl.batch import MicroBatch, TrainSequence, VisionInputs
-from srpo_mcore.trainer_core import MegatronTrainer
+from srpo_mcore.trainer_core import MegatronTrainer, run_cli
 
 log = get_logger("srpo_mcore.sft")
 
@@ -139,18 +137,7 @@ class SFTTrainer(MegatronTrainer):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run SRPO stage 1 (reflection SFT) from a recipe."""
-    parser = argparse.ArgumentParser(prog="python -m srpo_mcore.sft", description=main.__doc__)
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        cfg: RunConfig = config_from_args(args)
-        trainer = SFTTrainer(cfg)
-    except ConfigError as e:
-        parser.error(str(e))
-    try:
-        return trainer.run()
-    finally:
-        trainer.close()
+    return run_cli(SFTTrainer, "python -m srpo_mcore.sft", main.__doc__ or "", argv)
 
 
 if __name__ == "__main__":

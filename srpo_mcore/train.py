@@ -21,16 +21,15 @@ Does not own: any of the pieces it calls (data, rollout, rewards, batching, loss
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from srpo_mcore.config import ConfigError, RunConfig, add_config_args, config_from_args
+from srpo_mcore.config import RunConfig
 from srpo_mcore.observe.rank0_log import get_logger
-from srpo_mcore.trainer_core import MegatronTrainer
+from srpo_mcore.trainer_core import MegatronTrainer, run_cli
 
 log = get_logger("srpo_mcore.train")
 
@@ -326,18 +325,7 @@ class GRPOTrainer(MegatronTrainer):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run SRPO stage 2 (GRPO with the reflection reward) from a recipe."""
-    parser = argparse.ArgumentParser(prog="python -m srpo_mcore.train", description=main.__doc__)
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-        trainer = GRPOTrainer(cfg)
-    except ConfigError as e:
-        parser.error(str(e))
-    try:
-        return trainer.run()
-    finally:
-        trainer.close()
+    return run_cli(GRPOTrainer, "python -m srpo_mcore.train", main.__doc__ or "", argv)
 
 
 if __name__ == "__main__":

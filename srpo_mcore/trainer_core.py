@@ -278,3 +278,22 @@ class MegatronTrainer:
         if self.wandb is not None:
             self.wandb.finish()
         destroy_parallel()
+
+
+def run_cli(trainer_cls: type[MegatronTrainer], prog: str, description: str, argv: Sequence[str] | None) -> int:
+    """The command line of a trainer: ``--config``/``--set``, a clear error for a bad recipe, run, close."""
+    import argparse
+
+    from srpo_mcore.config import add_config_args, config_from_args
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        trainer = trainer_cls(config_from_args(args))
+    except ConfigError as e:
+        parser.error(str(e))
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
