@@ -80,10 +80,14 @@ def _sets(argv: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("script", "recipe", "nodes"),
-    [("examples/srpo_7b.sh", "examples/grpo_7b.yaml", 1), ("examples/srpo_32b.sh", "examples/grpo_32b.yaml", 4)],
+    ("script", "recipe", "nodes", "module"),
+    [
+        ("examples/srpo_7b.sh", "examples/grpo_7b.yaml", 1, "srpo_mcore.train"),
+        ("examples/srpo_32b.sh", "examples/grpo_32b.yaml", 4, "srpo_mcore.train"),
+        ("examples/sft_7b.sh", "examples/sft_7b.yaml", 1, "srpo_mcore.sft"),
+    ],
 )
-def test_gpu_scripts_expand_to_torchrun(tmp_path: Path, script: str, recipe: str, nodes: int) -> None:
+def test_gpu_scripts_expand_to_torchrun(tmp_path: Path, script: str, recipe: str, nodes: int, module: str) -> None:
     hosts = [f"gpu-{i:03d}" for i in range(1, nodes + 1)]
     srun, torchrun = _dry_run(
         tmp_path, script, hosts, HF_DIR="/ckpt/sft", TRAIN_FILES="/data/a.parquet,/data/b.parquet"
@@ -98,7 +102,7 @@ def test_gpu_scripts_expand_to_torchrun(tmp_path: Path, script: str, recipe: str
     assert _opt(torchrun, "--rdzv_backend") == "c10d" and _opt(torchrun, "--rdzv_id") == "4242"
     assert _opt(torchrun, "--rdzv_endpoint") == "gpu-001:24242"  # first host, port from the job id
     i = torchrun.index("-m", 3)
-    assert torchrun[i : i + 4] == ["-m", "srpo_mcore.train", "--config", recipe]
+    assert torchrun[i : i + 4] == ["-m", module, "--config", recipe]
     assert _sets(torchrun) == [
         "model.hf_dir=/ckpt/sft",
         "data.train_files=[/data/a.parquet,/data/b.parquet]",
