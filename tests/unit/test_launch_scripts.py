@@ -1,11 +1,13 @@
 """The SLURM launch scripts under examples/: lint, and the exact commands they expand to.
 
 - every shell script passes ``shellcheck -S warning`` (missing shellcheck: skip locally, fail in CI);
-- srpo_7b.sh / srpo_32b.sh / grpo_tiny_cpu.sh, run in the launcher's dry-run mode under a fake SLURM
-  allocation (a stub ``scontrol`` prints the node list), expand to one srun task per node and a
-  torchrun with the right node count, processes per node, rendezvous on the first host, module,
-  recipe and overrides;
-- the recipes they name validate at their world size (``RunConfig.validate``).
+- srpo_7b.sh / srpo_32b.sh / sft_7b.sh / sft_32b.sh / grpo_tiny_cpu.sh, run in the launcher's dry-run
+  mode under a fake SLURM allocation (a stub ``scontrol`` prints the node list), expand to one srun
+  task per node and a torchrun with the right node count, processes per node, rendezvous on the
+  first host, module, recipe and overrides;
+- the recipes they name validate at their world size (``RunConfig.validate``);
+- eval.sh (one process, no torchrun) expands to one srun task running ``python -m srpo_mcore.eval``
+  with the user's model, data, benchmarks and output, flags the evaluator's parser accepts.
 
 The real sbatch -> srun -> torchrun path (and requeue) runs in tests/e2e/test_slurm_launch.py.
 """
@@ -27,7 +29,16 @@ SCRIPTS = sorted((ROOT / "examples").rglob("*.sh"))
 
 def test_scripts_exist() -> None:
     names = {p.relative_to(ROOT / "examples").as_posix() for p in SCRIPTS}
-    assert {"slurm/launch.sh", "srpo_7b.sh", "srpo_32b.sh", "grpo_tiny_cpu.sh"} <= names, names
+    expected = {
+        "slurm/launch.sh",
+        "srpo_7b.sh",
+        "srpo_32b.sh",
+        "sft_7b.sh",
+        "sft_32b.sh",
+        "eval.sh",
+        "grpo_tiny_cpu.sh",
+    }
+    assert expected <= names, names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -43,8 +54,8 @@ def test_shellcheck(script: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _dry_run(tmp_path: Path, script: str, hosts: list[str], **env: str) -> tuple[list[str], list[str]]:
-    """Run `script` in dry-run mode inside a fake allocation of `hosts`; return (srun argv, torchrun argv)."""
+def _dry_run_lines(tmp_path: Path, script: str, hosts: list[str], **env: str) -> dict[str, list[str]]:
+    """Run `script` in dry-run mode inside a fake allocation of `hosts`; return its `name: argv` lines by name."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     stub = bin_dir / "scontrol"
@@ -52,7 +63,10 @@ def _dry_run(tmp_path: Path, script: str, hosts: list[str], **env: str) -> tuple
     stub.write_text(f'#!/bin/sh\n[ "$1 $2" = "show hostnames" ] && printf "{lines}\\n"\n')
     stub.chmod(0o755)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SRPO_"))}
-    for k in ("HF_DIR", "TRAIN_FILES", "OUTPUT_DIR", "CONTAINER_IMAGE", "CONTAINER_MOUNTS", "PYTHON", "RDZV_PORT"):
+    for k in (
+        *("HF_DIR", "TRAIN_FILES", "OUTPUT_DIR", "CONTAINER_IMAGE", "CONTAINER_MOUNTS", "PYTHON", "RDZV_PORT"),
+        *("MODEL", "DATA_ROOT", "BENCHMARKS", "PROMPT", "OUT", "EVAL_ARGS"),
+    ):
         clean.pop(k, None)
     clean.update(
         PATH=f"{bin_dir}:{os.environ['PATH']}",
@@ -65,8 +79,16 @@ def _dry_run(tmp_path: Path, script: str, hosts: list[str], **env: str) -> tuple
     )
     proc = subprocess.run(["bash", script], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith(("srun: ", "torchrun: ")))
-    return shlex.split(out["srun"]), shlex.split(out["torchrun"])
+    lines = (
+        line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith(("srun: ", "torchrun: ", "eval: "))
+    )
+    return {name: shlex.split(argv) for name, argv in lines}
+
+
+def _dry_run(tmp_path: Path, script: str, hosts: list[str], **env: str) -> tuple[list[str], list[str]]:
+    """`_dry_run_lines` of a torchrun script: (srun argv, torchrun argv)."""
+    out = _dry_run_lines(tmp_path, script, hosts, **env)
+    return out["srun"], out["torchrun"]
 
 
 def _opt(argv: list[str], name: str) -> str:
@@ -85,6 +107,7 @@ def _sets(argv: list[str]) -> list[str]:
         ("examples/srpo_7b.sh", "examples/grpo_7b.yaml", 1, "srpo_mcore.train"),
         ("examples/srpo_32b.sh", "examples/grpo_32b.yaml", 4, "srpo_mcore.train"),
         ("examples/sft_7b.sh", "examples/sft_7b.yaml", 1, "srpo_mcore.sft"),
+        ("examples/sft_32b.sh", "examples/sft_32b.yaml", 4, "srpo_mcore.sft"),
     ],
 )
 def test_gpu_scripts_expand_to_torchrun(tmp_path: Path, script: str, recipe: str, nodes: int, module: str) -> None:
@@ -139,6 +162,52 @@ def test_tiny_cpu_script(tmp_path: Path) -> None:
     from srpo_mcore.config import load_config
 
     load_config(ROOT / "examples/grpo_tiny_cpu.yaml").validate(world_size=2)
+
+
+def test_eval_script(tmp_path: Path) -> None:
+    env = dict(MODEL="/ckpt/runs/x/hf", DATA_ROOT="/data/bench", OUT="/ckpt/eval/x", BENCHMARKS="mathvista,mmmu_pro")
+    out = _dry_run_lines(tmp_path, "examples/eval.sh", ["gpu-001"], SLURM_CPUS_PER_TASK="16", **env)
+    assert set(out) == {"srun", "eval"}  # one process: no torchrun
+    assert out["srun"] == ["srun", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1", "--cpus-per-task=16"]
+    assert out["eval"] == [
+        *("python", "-m", "srpo_mcore.eval", "--model", "/ckpt/runs/x/hf", "--benchmarks", "mathvista,mmmu_pro"),
+        *("--data-root", "/data/bench", "--prompt", "srpo", "--out", "/ckpt/eval/x"),
+    ]
+    text = (ROOT / "examples/eval.sh").read_text()
+    assert "#SBATCH --nodes=1\n" in text and "#SBATCH --gpus-per-node=1\n" in text
+    # Container flags as launch.sh writes them; extra flags split on spaces, not globbed.
+    out = _dry_run_lines(
+        tmp_path,
+        "examples/eval.sh",
+        ["gpu-001"],
+        CONTAINER_IMAGE="reg#srpo:1",
+        CONTAINER_MOUNTS="/data:/data",
+        EVAL_ARGS="--limit 5  --judge-model j*",
+        **env,
+    )
+    assert out["srun"][4:] == [
+        "--container-image=reg#srpo:1",
+        f"--container-workdir={ROOT}",
+        "--container-mounts=/data:/data",
+    ]
+    assert out["eval"][-4:] == ["--limit", "5", "--judge-model", "j*"]
+    # Every flag the script passes is one the evaluator's parser accepts, with these values.
+    from srpo_mcore.eval.__main__ import build_parser
+
+    args = build_parser().parse_args(out["eval"][3:])
+    assert (args.model, args.data_root, args.out, args.prompt, args.limit) == (
+        "/ckpt/runs/x/hf",
+        "/data/bench",
+        "/ckpt/eval/x",
+        "srpo",
+        5,
+    )
+
+
+def test_eval_script_refuses_outside_slurm() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SRPO_"))}
+    proc = subprocess.run(["bash", "examples/eval.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "runs inside a SLURM job" in proc.stderr
 
 
 def test_launcher_refuses_outside_slurm() -> None:
