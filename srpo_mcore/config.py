@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -543,10 +544,14 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+_SCI_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``a.b.c=value`` assignment to nested plain data in place.
 
-    The value is parsed as YAML (``3`` is an int, ``true`` a bool, ``[1, 2]`` a list, ``null`` None).
+    The value is parsed as YAML (``3`` is an int, ``true`` a bool, ``[1, 2]`` a list, ``null`` None);
+    ``1e-4`` is a number, as on any command line (YAML 1.1 alone would read it as a string).
     """
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. parallel.tp=2")
@@ -561,9 +566,12 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             raise ConfigError(f"override {assignment!r}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {assignment!r}: value is not valid YAML: {e}") from e
+    if isinstance(value, str) and _SCI_FLOAT_RE.match(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; on a command line it is a number
+    node[parts[-1]] = value
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:

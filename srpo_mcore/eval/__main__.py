@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from srpo_mcore.eval.benchmarks import BENCHMARKS, EvalDataError, load_items, parse_benchmarks
+from srpo_mcore.eval.benchmarks import PAPER_BENCHMARKS, EvalDataError, load_items, parse_benchmarks
 
 EPILOG = """\
 data root layout (local copies of the hub datasets, read offline):
@@ -20,6 +20,7 @@ data root layout (local copies of the hub datasets, read offline):
   <root>/MathVerse/testmini*.parquet                (AI4Math/MathVerse, config testmini)
   <root>/MathVision/data/{test,testmini}-*.parquet  (MathLLMs/MathVision)
   <root>/MMMU_Pro/standard (10 options)/test-*.parquet and <root>/MMMU_Pro/vision/test-*.parquet
+  <root>/synthetic/{train,test}.jsonl               (python -m srpo_mcore.data.synthetic --out <root>/synthetic)
 Splits: name:split, e.g. mathvision:testmini. mmmu_pro alone means both configurations.
 
 outputs (--out): samples.jsonl (one line per question: id, prompt, response, final/first answer,
@@ -42,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--benchmarks",
-        default=",".join(BENCHMARKS),
-        help="comma-separated name[:split] list from %(default)s (default: all)",
+        default=",".join(PAPER_BENCHMARKS),
+        help="comma-separated name[:split] list from %(default)s, or synthetic (the package's own task) "
+        "(default: the paper's four)",
     )
     p.add_argument("--data-root", required=True, help="directory holding the benchmarks' directories")
     p.add_argument("--prompt", choices=("srpo", "plain", "none"), default="srpo", help="system prompt format")

@@ -15,6 +15,8 @@ Layouts searched (``<root>`` is ``--data-root``; the directory name is matched c
     <root>/MathVision/data/{test,testmini}-*.parquet     id question options decoded_image|image answer level subject
     <root>/MMMU_Pro/standard (10 options)/test-*.parquet id question options image_1..image_7 answer subject ...
     <root>/MMMU_Pro/vision/test-*.parquet                id image options answer subject
+    <root>/synthetic/{train,test}.jsonl                  id question answer images task
+                                                         (``python -m srpo_mcore.data.synthetic --out <root>/synthetic``)
 
 A split's files are those named ``<split>-*``/``<split>.*`` or lying in a directory named
 ``<split>`` (parquet-converter and ``save_to_disk`` layouts), at any depth below the benchmark's
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -86,13 +89,17 @@ def _is_split_file(rel: Path, split: str) -> bool:
     return rel.name.lower().startswith((f"{s}-", f"{s}.", f"{s}_")) or s in (p.lower() for p in rel.parts[:-1])
 
 
+DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl")
+"""Files a split may be stored in (jsonl: the package's own synthetic task)."""
+
+
 def split_files(bench_dir: Path, split: str) -> list[Path]:
-    """The parquet/arrow files of `split` under `bench_dir`, sorted.
+    """The parquet/arrow/jsonl files of `split` under `bench_dir`, sorted.
 
     Raises:
         EvalDataError: There are none (the message lists the splits that are there).
     """
-    data = sorted(p for p in bench_dir.rglob("*") if p.suffix in (".parquet", ".arrow") and p.is_file())
+    data = sorted(p for p in bench_dir.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file())
     files = [p for p in data if _is_split_file(p.relative_to(bench_dir), split)]
     if not files:
         seen = sorted({p.name.split("-")[0].split(".")[0] for p in data})
@@ -104,10 +111,23 @@ def split_files(bench_dir: Path, split: str) -> list[Path]:
 
 
 def read_rows(path: Path) -> list[Row]:
-    """All rows of one parquet file or ``save_to_disk`` Arrow file, as dicts."""
+    """All rows of one parquet file, ``save_to_disk`` Arrow file or jsonl file, as dicts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if path.suffix == ".jsonl":
+        rows = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalDataError(f"{path}: line {lineno} is not valid JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise EvalDataError(f"{path}: line {lineno} is not a JSON object")
+            rows.append(row)
+        return rows
     try:
         if path.suffix == ".parquet":
             table = pq.read_table(path)
@@ -370,6 +390,27 @@ def _mmmu_pro(row: Row, split: str, base: Path, file: Path) -> EvalItem:
     )
 
 
+def _synthetic(row: Row, split: str, base: Path, file: Path) -> EvalItem:
+    """A row of the package's synthetic visual task (``srpo_mcore.data.synthetic``)."""
+    images = row.get("images")
+    if isinstance(images, str):
+        images = [images]
+    if not isinstance(images, list) or not images:
+        raise _RowError("images", "should be a non-empty list of image paths")
+    gold = _text(row, "answer").strip()
+    atype: AnswerType = "choice" if gold_choice(gold) == gold else "integer"
+    return EvalItem(
+        id=_text(row, "id"),
+        benchmark="synthetic",
+        split=split,
+        category=_text(row, "task"),
+        question=_text(row, "question"),
+        images=tuple(_image(im, "images", file.parent) for im in images),
+        gold=gold,
+        answer_type=atype,
+    )
+
+
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     "mathvista": BenchmarkSpec(
         "mathvista",
@@ -399,8 +440,17 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         ("id", "options", "answer", "subject"),
         _mmmu_pro,
     ),
+    "synthetic": BenchmarkSpec(
+        "synthetic",
+        ("synthetic",),
+        ("test", "train"),
+        ("id", "question", "answer", "images", "task"),
+        _synthetic,
+    ),
 }
 """Every benchmark by its ``--benchmarks`` name."""
+PAPER_BENCHMARKS = ("mathvista", "mathverse", "mathvision", "mmmu_pro")
+"""The four the SRPO paper reports (the CLI's default); ``synthetic`` is the laptop demo's."""
 
 
 def parse_benchmarks(spec: str) -> list[tuple[str, str]]:

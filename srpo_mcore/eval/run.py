@@ -237,6 +237,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
     paper = [
         f"| {model} | " + " | ".join(f"{scores[b]:.1f}" if b in scores else "–" for b in benches) + " |"
         for model, scores in summary["paper"].items()
+        if any(b in scores for b in benches)  # none for the synthetic task
     ]
     lines = [head, ours + " |", first + " |"]
     if all("judge_accuracy" in summary["benchmarks"][b] for b in benches):

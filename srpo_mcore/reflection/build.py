@@ -91,6 +91,9 @@ class BuildConfig:
     seed: int = 0
     lenient_first: bool = False
     """Repair first attempts that ignored the tags instead of dropping them (see ``items.first_attempt``)."""
+    policy_prompt: str = "plain"
+    """System prompt of the initial answers: ``plain`` (the single-attempt format prompt, the paper's) or
+    ``none`` (a policy that answers in that format without being told, e.g. the laptop demo's)."""
     dtype: str = "bf16"
     max_model_len: int = 4096
     kv_cache_gib: float = 1.0
@@ -158,6 +161,8 @@ def build(cfg: BuildConfig, teacher: Teacher | None = None) -> BuildSummary:
             "temperature": TEMPERATURE,
             "dtype": cfg.dtype,
             "teacher": [cfg.teacher, cfg.teacher_model],  # not the URL: a local server may move ports
+            # only when not the default, so work directories of earlier builds still resume
+            **({"policy_prompt": cfg.policy_prompt} if cfg.policy_prompt != "plain" else {}),
         },
     )
     summary = BuildSummary()
@@ -272,7 +277,7 @@ def _generate_initial(cfg: BuildConfig, todo: Sequence[PromptRow], journal: Jour
         bar = tqdm(total=len(todo), desc="initial answers (policy)", unit="item", disable=not cfg.progress)
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start : start + cfg.batch_size]
-            requests = [to_request(r, engine.tokenizer, "plain") for r in batch]
+            requests = [to_request(r, engine.tokenizer, cfg.policy_prompt) for r in batch]
             seeds = [item_seed(cfg.seed, r.id) for r in batch]
             outputs = engine.generate(requests, n=1, max_tokens=cfg.max_tokens, seeds=seeds)
             for row, samples, seed in zip(batch, outputs, seeds):
@@ -373,6 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per policy generation call")
     p.add_argument("--lenient-first", action="store_true", help="repair first attempts that ignored the tags")
+    p.add_argument(
+        "--policy-prompt",
+        choices=("plain", "none"),
+        default="plain",
+        help="system prompt of the initial answers: plain (the <think><answer> format prompt) or none",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -393,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_tokens=a.max_tokens,
         seed=a.seed,
         lenient_first=a.lenient_first,
+        policy_prompt=a.policy_prompt,
         dtype=a.dtype,
         max_model_len=a.max_model_len,
         batch_size=a.batch_size,

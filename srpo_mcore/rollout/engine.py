@@ -32,6 +32,8 @@ from srpo_mcore.config import RolloutConfig
 from srpo_mcore.rollout.types import RolloutRequest, RolloutSample
 
 VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+CPU_PREFILL_TOKENS = 8192
+"""CPU: token budget of one scheduler step (whole prompts; at least ``max_model_len``)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,16 @@ class RolloutEngine:
                     )
                 kwargs["distributed_executor_backend"] = "external_launcher"
         else:
-            kwargs.update(enforce_eager=True, kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30))
+            # No chunked prefill on CPU: a prompt split over two scheduler steps discards its first
+            # sampled token and rewinds its seeded generator, which torch's CPU generator cannot do
+            # ("CPU Generator does not use offset"), so per-request seeds crashed any batch whose
+            # prompts exceeded one step's token budget. Whole prompts only, up to max_model_len each.
+            kwargs.update(
+                enforce_eager=True,
+                kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30),
+                enable_chunked_prefill=False,
+                max_num_batched_tokens=max(cfg.max_model_len, CPU_PREFILL_TOKENS),
+            )
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.spans_world = self.on_gpu and rollout_tp > 1

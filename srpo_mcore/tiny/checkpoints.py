@@ -68,6 +68,14 @@ TINY_CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], list[int], bool]] 
         [16, 8, 8],
         False,
     ),
+    # The laptop demo's policy (python -m srpo_mcore.demo): wide and deep enough to learn the five-block
+    # format and some of the synthetic task in minutes on 2 cores; 4 heads of 64 in 2 KV groups.
+    "demo": (
+        {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4},
+        {},
+        [8, 12, 12],
+        False,
+    ),
 }
 
 # Images are resized so that each side is a multiple of patch*merge = 28 px within these bounds.

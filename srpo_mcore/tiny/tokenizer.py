@@ -139,6 +139,19 @@ _WORDS = [
     "which",
     "one",
 ]
+# The prose tiny models read and write in the demo and the tests (system prompts, synthetic questions,
+# template-teacher reflections): as whole tokens, a templated sentence is a few dozen tokens, not a
+# few hundred characters — which a tiny policy learns to write in minutes instead of hours.
+_PROSE_WORDS = """
+add adds addition after again already an answering answers any apply applying as asks assistant assumptions
+attempt attempts bars be before blocks boxed by can carefully checking circles compare critique digits direct
+directly do does element exactly example find five follow for form format four from give gives grid height
+heights helpful inside it its keeps labelled last left letter lines logic misreads missing multiply not nothing
+on or order put read reading reason redo redoing respond result right say shorter shown single solves squares
+state stays stop subtract system tall tallest that their them then this triangles two unit units apart visual
+with you your
+The Reading I Which How What Respond Put Example Checking You First Answer
+""".split()  # noqa: SIM905  (a word list reads better as prose)
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>", "<reflection>", "</reflection>")
 _LATEX = ("\\boxed{", "\\frac{", "}{", "\\sqrt{", "\\times", "\\cdot", "^{2}", "\\pi", "$", "\\(", "\\)")
 
@@ -150,8 +163,10 @@ def synthetic_corpus(n_lines: int = 4000, seed: int = 0) -> Iterator[str]:
         parts = []
         for _ in range(rng.randint(4, 20)):
             r = rng.random()
-            if r < 0.6:
+            if r < 0.3:
                 parts.append(rng.choice(_WORDS))
+            elif r < 0.6:
+                parts.append(rng.choice(_PROSE_WORDS))
             elif r < 0.75:
                 parts.append(str(rng.randint(0, 999)))
             elif r < 0.88:

@@ -12,6 +12,7 @@ Each test starts and tears down its own cluster; teardown fails the test if any 
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -126,3 +127,35 @@ def test_warning_signal_checkpoints_requeues_and_resumes(tmp_path: Path, policy)
         f"requeue: stopped at step {stop_step}; signal->requeue {requeued - signalled:.1f} s; "
         f"total {time.monotonic() - start:.1f} s"
     )
+
+
+def test_demo_through_sbatch(tmp_path: Path) -> None:
+    """The README's main job as a SLURM job (examples/srpo_tiny_cpu.sh), shrunk to a few steps per stage:
+    every stage runs inside the allocation (training stages under torchrun, 2 processes at TP=2) and
+    the report is written."""
+    out = tmp_path / "out"
+    out.mkdir()
+    small = (
+        "data.n_instruct=32 data.n_pool=32 data.n_rl=32 data.n_test=6 reflection.size=16 policy=gqa "
+        "instruct.train.episodes=1 sft.train.episodes=1 grpo.train.steps=2 grpo.train.eval_every=1 "
+        "grpo.data.prompts_per_step=4 grpo.rollout.n=2 eval.samples=2 eval.max_tokens=32 "
+        "grpo.rollout.max_tokens=32 reflection.max_tokens=16"
+    )
+    env = {
+        "PYTHON": sys.executable,
+        "OUTPUT_DIR": str(out),
+        "DEMO_ARGS": " ".join(f"--set {kv}" for kv in small.split()),
+    }
+    start = time.monotonic()
+    with slurm_cluster() as cluster:
+        job_id = cluster.sbatch(f"--output={out}/batch.out", "examples/srpo_tiny_cpu.sh", env=env, cwd=ROOT)
+        info = cluster.wait_state(job_id, DONE, 900)
+        batch = (out / "batch.out").read_text(errors="replace")
+        assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", f"{info}\n{batch[-4000:]}"
+    run = out / "srpo-tiny-cpu"
+    report = json.loads((run / "report.json").read_text())
+    assert report["grpo"]["questions"] == 6 and (run / "report.md").exists()
+    assert "[9/9] report" in batch and "SRPO demo finished" in batch, batch[-3000:]
+    grpo_log = (run / "logs" / "grpo.log").read_text()
+    assert "--nproc_per_node 2" in grpo_log and "world=2 tp=2" in grpo_log, grpo_log[-3000:]
+    print(f"demo sbatch run: {time.monotonic() - start:.1f} s including cluster start/stop")

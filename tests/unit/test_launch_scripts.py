@@ -37,6 +37,7 @@ def test_scripts_exist() -> None:
         "sft_32b.sh",
         "eval.sh",
         "grpo_tiny_cpu.sh",
+        "srpo_tiny_cpu.sh",
     }
     assert expected <= names, names
 
@@ -65,7 +66,7 @@ def _dry_run_lines(tmp_path: Path, script: str, hosts: list[str], **env: str) ->
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SRPO_"))}
     for k in (
         *("HF_DIR", "TRAIN_FILES", "OUTPUT_DIR", "CONTAINER_IMAGE", "CONTAINER_MOUNTS", "PYTHON", "RDZV_PORT"),
-        *("MODEL", "DATA_ROOT", "BENCHMARKS", "PROMPT", "OUT", "EVAL_ARGS"),
+        *("MODEL", "DATA_ROOT", "BENCHMARKS", "PROMPT", "OUT", "EVAL_ARGS", "DEMO_ARGS"),
     ):
         clean.pop(k, None)
     clean.update(
@@ -80,7 +81,9 @@ def _dry_run_lines(tmp_path: Path, script: str, hosts: list[str], **env: str) ->
     proc = subprocess.run(["bash", script], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = (
-        line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith(("srun: ", "torchrun: ", "eval: "))
+        line.split(": ", 1)
+        for line in proc.stdout.splitlines()
+        if line.startswith(("srun: ", "torchrun: ", "eval: ", "demo: "))
     )
     return {name: shlex.split(argv) for name, argv in lines}
 
@@ -243,3 +246,19 @@ def test_dockerfile_versions_agree_with_setup_and_lock() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["MODELOPT_VERSION"])
     # The cpu target is the pinned CPU environment itself.
     assert re.search(r"^FROM python:3\.12-slim AS cpu$", docker, re.M) and "RUN tools/env.sh" in docker
+
+
+def test_demo_script(tmp_path: Path) -> None:
+    """srpo_tiny_cpu.sh: one srun step running the whole demo with the recipe; extra flags split on spaces."""
+    env = dict(OUTPUT_DIR="/scratch/runs", DEMO_ARGS="--set grpo.train.steps=3  --fresh", PYTHON="python")
+    out = _dry_run_lines(tmp_path, "examples/srpo_tiny_cpu.sh", ["cpu-001"], SLURM_CPUS_PER_TASK="2", **env)
+    assert out["srun"] == ["srun", "--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1", "--cpus-per-task=2"]
+    recipe = str(ROOT / "examples" / "srpo_tiny_cpu.yaml")
+    assert out["demo"] == [
+        *("python", "-m", "srpo_mcore.demo", "--config", recipe, "--set", "output_dir=/scratch/runs"),
+        *("--no-progress", "--set", "grpo.train.steps=3", "--fresh"),
+    ]
+    from srpo_mcore.demo.config import load_demo_config
+
+    cfg = load_demo_config(recipe, ["output_dir=/scratch/runs", "grpo.train.steps=3"])
+    assert cfg.stage("grpo").train.steps == 3 and cfg.run_dir == Path("/scratch/runs/srpo-tiny-cpu")
