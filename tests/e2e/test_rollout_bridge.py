@@ -229,3 +229,39 @@ def test_frozen_vision_refit_moves_only_language_model_weights(tiny_checkpoint) 
     (r,) = run_distributed(_frozen_vision_worker, 1)
     assert r["partial"] == r["text_tensors"] < r["full"]
     assert r["same"], "a text-only refit serves the same model as a full refit when the vision tower is frozen"
+
+
+def _seeded_batch_worker() -> dict:
+    from srpo_mcore.config import RolloutConfig
+    from srpo_mcore.rollout.engine import CPU_PREFILL_TOKENS, RolloutEngine
+    from srpo_mcore.rollout.types import RolloutRequest
+    from srpo_mcore.tiny.checkpoints import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(NAME)
+    filler = " ".join(["the sum of the digits"] * 40)  # ~200 prompt tokens each
+    requests = [RolloutRequest(f"Question {i}: {filler}?", (), key=str(i)) for i in range(60)]
+    cfg = RolloutConfig(n=3, temperature=1.0, max_tokens=8, max_model_len=512, kv_cache_gib=0.25)
+    engine = RolloutEngine(path, cfg, dtype="fp32")
+    try:
+        prompt_tokens = sum(len(engine.tokenizer(r.prompt).input_ids) for r in requests)
+        seeds = [1000 + i for i in range(len(requests))]
+        together = engine.generate(requests, seeds=seeds)
+        alone = [engine.generate([requests[i]], seeds=[seeds[i]])[0] for i in (0, 31, 59)]
+    finally:
+        engine.close()
+    return {
+        "prompt_tokens": prompt_tokens,
+        "budget": CPU_PREFILL_TOKENS,
+        "together": [[s.token_ids for s in together[i]] for i in (0, 31, 59)],
+        "alone": [[s.token_ids for s in group] for group in alone],
+    }
+
+
+def test_seeded_batch_larger_than_one_prefill_step() -> None:
+    """Per-request seeds with more prompt tokens than one scheduler step holds: vLLM's chunked prefill
+    rewound each seeded generator, which a CPU generator cannot do ("CPU Generator does not use
+    offset") and the whole batch crashed. Whole-prompt scheduling fixes it, and a request's samples
+    stay those of its seed whatever batch it is in."""
+    out = run_distributed(_seeded_batch_worker, world_size=1)[0]
+    assert out["prompt_tokens"] > out["budget"], "the batch must not fit one prefill step"
+    assert out["together"] == out["alone"]
