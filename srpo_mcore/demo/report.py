@@ -73,13 +73,14 @@ def write_report(pipe: DemoPipeline) -> Path:
     for png in write_plots(run / "grpo", grpo_records):
         shutil.copyfile(png, plots / f"grpo_{png.name}")
     keys = [("greedy", "accuracy", 0.01), ("greedy", "format_valid_rate", 0.01), ("sampled", "total_mean", 1.0),
-            ("sampled", "last_accuracy", 1.0), ("sampled", "format_valid_rate", 1.0)]  # fmt: skip
+            ("sampled", "last_accuracy", 1.0), ("sampled", "format_valid_rate", 1.0),
+            ("sampled", "right_right_rate", 1.0), ("sampled", "right_wrong_rate", 1.0)]  # fmt: skip
     plot_comparison(
         plots / "before_after.png",
         {name: [m[sec][key] * scale for sec, key, scale in keys] for name, m in (("SFT", sft), ("SFT + GRPO", grpo))},
-        "Held-out test split: SFT policy vs after GRPO",
+        "Held-out test split, SFT vs after GRPO (greedy; the rest over 8 samples per question)",
         "rate / reward",
-        categories=["greedy acc", "greedy format", "sampled reward", "sampled acc", "sampled format"],
+        categories=["greedy acc", "greedy format", "reward", "accuracy", "format", "right->right", "right->wrong"],
     )
 
     k = min(5, len(grpo_records))

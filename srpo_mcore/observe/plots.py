@@ -181,6 +181,7 @@ def _save_atomic(fig: Figure, out: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             FigureCanvasAgg(fig).print_png(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a plot is for everyone who can see the run
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
