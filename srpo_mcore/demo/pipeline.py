@@ -63,6 +63,16 @@ def _child_env(threads: int) -> dict[str, str]:
     return env
 
 
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``{"a.b.c": value}``."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
 def _count_lines(path: Path) -> int:
     try:
         with path.open("rb") as f:
@@ -132,6 +142,7 @@ class DemoPipeline:
         """Run every unfinished stage; returns the report's path. Raises ``StageError`` on a failure."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
+        self._check_same_recipe()
         (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
         stages = self.stages()
         timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
@@ -157,6 +168,20 @@ class DemoPipeline:
             self.echo(f"{label} {seconds:6.0f} s  {result}")
         self.echo(f"SRPO demo finished in {time.perf_counter() - start_all:.0f} s: {self.run_dir / 'report.md'}")
         return self.run_dir / "report.md"
+
+    def _check_same_recipe(self) -> None:
+        """Continuing a run with another recipe would mix stages of both: refuse, naming the fields."""
+        stored_path = self.run_dir / "recipe.yaml"
+        if not stored_path.exists():
+            return
+        stored, now = _flatten(yaml.safe_load(stored_path.read_text()) or {}), _flatten(to_dict(self.cfg))
+        changed = sorted(k for k in stored.keys() | now.keys() if stored.get(k) != now.get(k))
+        if changed:
+            shown = ", ".join(f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+            raise StageError(
+                f"{self.run_dir} was started with another recipe ({shown}{', ...' if len(changed) > 6 else ''}); "
+                "continue it with the same settings, start over with --fresh, or choose another --set name=..."
+            )
 
     # -- processes --------------------------------------------------------------------------------
 

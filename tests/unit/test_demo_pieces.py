@@ -88,3 +88,19 @@ def test_synthetic_benchmark_bad_line(tmp_path: Path) -> None:
     path.write_text(lines[0] + "\n" + json.dumps(row) + "\n")
     with pytest.raises(EvalDataError, match=r"row 1 .*column 'images' image file .*missing.png does not exist"):
         load_items("synthetic", "test", tmp_path)
+
+
+def test_continuing_a_run_with_another_recipe_is_refused(tmp_path: Path) -> None:
+    import yaml
+
+    from srpo_mcore.config import to_dict
+    from srpo_mcore.demo.pipeline import DemoPipeline, StageError
+
+    first = load_demo_config(RECIPE, [f"output_dir={tmp_path}"])
+    run_dir = first.run_dir
+    run_dir.mkdir(parents=True)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(to_dict(first)))
+    DemoPipeline(first)._check_same_recipe()  # the same recipe continues
+    other = load_demo_config(RECIPE, [f"output_dir={tmp_path}", "grpo.optim.lr=3e-5", "data.n_rl=64"])
+    with pytest.raises(StageError, match=r"another recipe \(data.n_rl: 512 -> 64, grpo.optim.lr: 0.0001 -> 3e-05\)"):
+        DemoPipeline(other)._check_same_recipe()
