@@ -141,13 +141,16 @@ def disable_megatron_optim_cpu() -> None:
     _saved.clear()
 
 
-def prime_adam_state_for_load(optimizer: Any) -> None:
+def prime_adam_state(optimizer: Any) -> None:
     """Give every parameter of torch's Adam/AdamW inside a Megatron optimizer an (empty) state.
 
     Without TE or Apex, Megatron's distributed optimizer reads Adam's ``step`` from the per-parameter
-    state when it builds the state dict it loads into; a freshly built optimizer has none yet (on
-    GPU, TE's FusedAdam keeps ``step`` in the parameter groups instead). The loaded checkpoint
-    overwrites every value set here.
+    state whenever it builds its state dict — to load into, and to save (``assert len(steps) == 1``
+    fails on an optimizer that has not stepped yet: a GRPO run whose first steps had no group past
+    the accuracy filter crashed at its first checkpoint) —; a freshly built optimizer has none yet
+    (on GPU, TE's FusedAdam keeps ``step`` in the parameter groups instead). A loaded checkpoint
+    overwrites every value set here; before a first update the values are exactly what torch's Adam
+    would create itself (step 0, zero moments), so the update is unchanged.
     """
     for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
         inner = getattr(chained, "optimizer", None)

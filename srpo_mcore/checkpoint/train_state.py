@@ -90,6 +90,7 @@ class TrainCheckpointer:
         from megatron.core import dist_checkpointing
 
         from srpo_mcore._compat.megatron_ckpt_queue import use_in_process_write_queue
+        from srpo_mcore._compat.megatron_optim_cpu import prime_adam_state
 
         use_in_process_write_queue()
         final = self.root / f"step_{step:06d}"
@@ -100,6 +101,7 @@ class TrainCheckpointer:
                 shutil.rmtree(stale, ignore_errors=True)
             tmp_name = tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=self.root)
         tmp = Path(_broadcast_str(tmp_name))
+        prime_adam_state(optimizer)  # a save before the first update must work too
         model_sd = model.sharded_state_dict()
         sharded = {
             "model": model_sd,
@@ -125,10 +127,10 @@ class TrainCheckpointer:
         """Restore model, optimizer and this rank's RNG from `path`; return the trainer state."""
         from megatron.core import dist_checkpointing
 
-        from srpo_mcore._compat.megatron_optim_cpu import prime_adam_state_for_load, restore_adam_steps
+        from srpo_mcore._compat.megatron_optim_cpu import prime_adam_state, restore_adam_steps
 
         path = Path(path)
-        prime_adam_state_for_load(optimizer)
+        prime_adam_state(optimizer)
         model_sd = model.sharded_state_dict()
         sharded = {
             "model": model_sd,
