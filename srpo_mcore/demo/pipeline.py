@@ -40,6 +40,7 @@ import yaml
 
 from srpo_mcore.config import to_dict
 from srpo_mcore.demo.config import DemoConfig
+from srpo_mcore.observe.metrics_log import MetricsLog
 
 
 class StageError(RuntimeError):
@@ -281,8 +282,7 @@ class DemoPipeline:
         return stage.train.steps or stage.train.episodes * math.ceil(rows / stage.sft.batch_size)
 
     def _loss_range(self, stage: str) -> str:
-        path = self.run_dir / stage / "metrics.jsonl"
-        losses = [json.loads(line).get("train/loss") for line in path.read_text().splitlines() if line.strip()]
+        losses = [r.get("train/loss") for r in MetricsLog.read(self.run_dir / stage)]
         return f"{len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "no steps"
 
     def _instruct(self) -> str:
@@ -324,7 +324,7 @@ class DemoPipeline:
         steps = grpo.train.steps or grpo.train.episodes * math.ceil(c.data.n_rl / grpo.data.prompts_per_step)
         watch = (self.run_dir / "grpo" / "metrics.jsonl", steps)
         self._launch("grpo", [*self._torchrun("srpo_mcore.train"), "--config", str(recipe)], threads=1, watch=watch)
-        records = [json.loads(line) for line in (self.run_dir / "grpo" / "metrics.jsonl").read_text().splitlines()]
+        records = MetricsLog.read(self.run_dir / "grpo")
         first, last = records[0], records[-1]
         return (
             f"{len(records)} steps, mean reward {first['reward/total_mean']:.3f} -> {last['reward/total_mean']:.3f} "

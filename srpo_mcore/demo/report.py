@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from srpo_mcore.observe.metrics_log import MetricsLog
 from srpo_mcore.observe.plots import plot_comparison, write_plots
 
 if TYPE_CHECKING:
@@ -42,10 +43,6 @@ ROWS = (
 """Rows of the before/after table: (label, section of ``sampled.json``, key)."""
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def _mean(records: list[dict[str, Any]], key: str) -> float:
     values = [r[key] for r in records if isinstance(r.get(key), int | float)]
     return sum(values) / len(values) if values else float("nan")
@@ -56,11 +53,11 @@ def write_report(pipe: DemoPipeline) -> Path:
     run = pipe.run_dir
     plots = run / "plots"
     sft, grpo = (json.loads(pipe.measured(s).read_text()) for s in ("sft", "grpo"))
-    grpo_records = _records(run / "grpo" / "metrics.jsonl")
+    grpo_records = MetricsLog.read(run / "grpo")
     timings = json.loads(pipe.timings_path.read_text()) if pipe.timings_path.exists() else {}
 
     # Pictures: both SFT loss curves, the GRPO panels (copied from the trainer's run dir), before/after.
-    losses = {s: [r.get("train/loss") for r in _records(run / s / "metrics.jsonl")] for s in ("instruct", "sft")}
+    losses = {s: [r.get("train/loss") for r in MetricsLog.read(run / s)] for s in ("instruct", "sft")}
     longest = max(len(v) for v in losses.values())
     plot_comparison(
         plots / "sft_loss.png",
