@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# STATUS: the launch machinery is tested; the 32B recipe needs rollout engines of 4 GPUs inside a
-# 32-GPU job (parallel.rollout_tp=4), which srpo_mcore.rollout.engine does not implement yet (it stops
-# at start-up with NotImplementedError). 7B (rollout_tp=1) does not have this limit.
+# STATUS: the launch lines are tested (dry run); the GPU paths it relies on (FP8 through Transformer
+# Engine, rollout engines of 4 GPUs inside the 32-GPU job) are written against the real APIs and have
+# a gpu test tier, which has not run on a multi-GPU machine yet.
 # SRPO stage 2 (GRPO + reflection reward) for Qwen2.5-VL-32B on 4 nodes x 8 H100 (examples/grpo_32b.yaml).
 # Submit from the repository root (on a shared filesystem):  sbatch examples/srpo_32b.sh
 #

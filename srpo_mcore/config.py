@@ -425,6 +425,13 @@ class RunConfig:
             tp=p.tp, pp=p.pp, cp=p.cp, vpp=p.vpp, sequence_parallel=p.sequence_parallel
         ).problems(world_size=world_size, num_attention_heads=heads, num_query_groups=groups, num_layers=layers)
         problems.extend(f"{d} ({where})" if where else d for d in dims_problems)
+        if p.rollout_tp < 1 or heads % p.rollout_tp:
+            problems.append(f"parallel.rollout_tp ({p.rollout_tp}) must be >= 1 and divide the {heads} attention heads")
+        elif world_size is not None and world_size % p.rollout_tp:
+            problems.append(
+                f"parallel.rollout_tp ({p.rollout_tp}) must divide the world size ({world_size}): each block of "
+                "rollout_tp consecutive ranks serves one vLLM engine"
+            )
         if problems:
             raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 

@@ -59,7 +59,7 @@ class GRPOTrainer(MegatronTrainer):
     def _load_eval_items(self) -> list[Any]:
         """The held-out benchmark questions of ``train.eval_every`` (on the ranks that evaluate)."""
         t = self.cfg.train
-        if not t.eval_every or not (self.rank0 or self.engine.spans_world):
+        if not t.eval_every or self.env.rank >= self.engine.ranks_per_engine:  # the first engine evaluates
             return []
         from srpo_mcore.eval.benchmarks import load_items, parse_benchmarks
 
@@ -156,7 +156,7 @@ class GRPOTrainer(MegatronTrainer):
             seeds = [request_seed(self.cfg.seed, step * 100 + round_, i) for i in range(len(requests))]
             self.engine.wake_up()
             groups = rollout_groups(
-                self.engine, self.scorer, requests, golds, seeds=seeds, shared_engine=self.engine.spans_world
+                self.engine, self.scorer, requests, golds, seeds=seeds, ranks_per_engine=self.engine.ranks_per_engine
             )
         timings["rollout_s"] = timings.get("rollout_s", 0.0) + time.perf_counter() - start
         return groups

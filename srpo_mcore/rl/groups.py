@@ -2,10 +2,10 @@
 
 Owns:
 
-- ``rollout_groups``: every rank generates a contiguous share of the step's prompts with its own
-  colocated engine (or, when one engine spans all ranks, every rank submits all of them), scores its
-  samples with the SRPO reward, and all-gathers samples + reward breakdowns so that every rank ends
-  up with every group in prompt order. Each prompt carries its own sampling seed, so its samples do
+- ``rollout_groups``: every engine generates a contiguous share of the step's prompts (an engine
+  per rank, or one per block of ranks that then all submit the block's share), scores its samples
+  with the SRPO reward, and all-gathers samples + reward breakdowns so that every rank ends up with
+  every group in prompt order. Each prompt carries its own sampling seed, so its samples do
   not depend on which rank or engine generated them.
 - ``select_groups``: GRPO's group-normalised advantages and the accuracy filter over the groups
   (accuracy = the final answer's correctness), with the step's filter metrics.
@@ -25,7 +25,7 @@ import torch.distributed as dist
 from srpo_mcore.config import GRPOConfig
 from srpo_mcore.rl.advantages import accuracy_filter, group_advantages
 from srpo_mcore.rl.rewards import RewardBreakdown, RewardScorer
-from srpo_mcore.rollout.distribute import gather_samples, shard_bounds
+from srpo_mcore.rollout.distribute import engine_of, gather_samples, shard_bounds
 from srpo_mcore.rollout.types import RolloutRequest, RolloutSample
 
 
@@ -59,7 +59,7 @@ def rollout_groups(
     golds: Sequence[str],
     *,
     seeds: Sequence[int],
-    shared_engine: bool = False,
+    ranks_per_engine: int = 1,
 ) -> list[Group]:
     """Generate ``rollout.n`` samples per request and score them; every rank gets every group.
 
@@ -67,10 +67,12 @@ def rollout_groups(
         engine: A ``RolloutEngine`` (anything with its ``generate``).
         scorer: The reward scorer.
         seeds: One sampling seed per request (see `request_seed`).
-        shared_engine: One engine spans all ranks: each rank submits all requests.
+        ranks_per_engine: Consecutive ranks sharing one engine (the engine's ``ranks_per_engine``):
+            each of them submits the engine's share of the requests.
     """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    start, end = (0, len(requests)) if shared_engine else shard_bounds(len(requests), rank, world)
+    index, engines = engine_of(rank, world, ranks_per_engine)
+    start, end = shard_bounds(len(requests), index, engines)
     local: list[tuple[list[RolloutSample], list[RewardBreakdown]]] = []
     if end > start:
         samples = engine.generate(list(requests[start:end]), seeds=list(seeds[start:end]))
@@ -78,7 +80,7 @@ def rollout_groups(
         flat_golds = [golds[start + i] for i, group in enumerate(samples) for _ in group]
         rewards = iter(score_samples(scorer, flat, flat_golds))
         local = [(group, [next(rewards) for _ in group]) for group in samples]
-    gathered = local if shared_engine else gather_samples(local)
+    gathered = gather_samples(local, ranks_per_engine=ranks_per_engine)
     return [
         Group(request=req, gold=gold, samples=samples, rewards=rewards)
         for req, gold, (samples, rewards) in zip(requests, golds, gathered)

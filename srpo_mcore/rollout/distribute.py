@@ -1,8 +1,9 @@
 """Data-parallel rollouts: split a batch of prompts across the engines, gather the samples back.
 
-Owns: ``shard_requests`` (contiguous, balanced chunks; every rank of a model replica gets the same
-chunk so the TP/PP peers that share weights also share prompts) and ``gather_samples`` (every
-rank receives all samples in the original prompt order).
+Owns: ``shard_requests`` (contiguous, balanced chunks, one per engine), ``engine_of`` (which
+engine a rank feeds: blocks of ``ranks_per_engine`` consecutive ranks share one engine and submit
+the same chunk) and ``gather_samples`` (every rank receives all samples in the original prompt
+order, each engine's results counted once).
 """
 
 from __future__ import annotations
@@ -26,10 +27,23 @@ def shard_requests[T](requests: Sequence[T], rank: int, world: int) -> list[T]:
     return list(requests[start:end])
 
 
-def gather_samples(local: list[Any], group: Any = None) -> list[Any]:
-    """Concatenate every data-parallel rank's per-prompt results in rank order (= prompt order)."""
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+def engine_of(rank: int, world: int, ranks_per_engine: int = 1) -> tuple[int, int]:
+    """(this rank's engine index, number of engines) when consecutive ranks share engines."""
+    if ranks_per_engine < 1 or world % ranks_per_engine:
+        raise ValueError(f"{ranks_per_engine} ranks per engine do not divide {world} ranks")
+    return rank // ranks_per_engine, world // ranks_per_engine
+
+
+def gather_samples(local: list[Any], group: Any = None, *, ranks_per_engine: int = 1) -> list[Any]:
+    """Concatenate every engine's per-prompt results in engine order (= prompt order).
+
+    Args:
+        ranks_per_engine: Consecutive ranks that fed one engine hold the same results; only the
+            first rank of each block is kept.
+    """
+    world = dist.get_world_size(group) if dist.is_initialized() else 1
+    if world == ranks_per_engine:
         return list(local)
-    parts: list[Any] = [None] * dist.get_world_size(group)
+    parts: list[Any] = [None] * world
     dist.all_gather_object(parts, local, group=group)
-    return [item for part in parts for item in part]
+    return [item for part in parts[::ranks_per_engine] for item in part]

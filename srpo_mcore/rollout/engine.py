@@ -6,8 +6,11 @@ Owns the engine's lifecycle inside a training process, generation and in-place w
   capped KV cache. Each trainer rank owns one engine (rollout TP 1) and generates for its share of
   the prompts; vLLM's private world does not disturb the trainer's process groups.
 - GPU: with ``rollout_tp == 1`` the same in-process engine per rank; with ``rollout_tp > 1`` one
-  engine spanning all ranks through vLLM's ``external_launcher`` (SPMD under torchrun; vLLM then
-  owns the whole world, so rollout_tp must equal the world size for now). ``gpu_memory_utilization``
+  engine per block of ``rollout_tp`` consecutive ranks through vLLM's ``external_launcher`` (SPMD
+  under torchrun). vLLM lays the trainer's world out as ExternalDP x PP x TP: its tensor-parallel
+  groups are those blocks (``RANK // rollout_tp`` = ``engine_of`` in ``distribute``), and blocks of
+  a job larger than one engine generate independently (no vLLM data parallelism, so no lock-step
+  between engines). Every rank of a block must submit the same prompts. ``gpu_memory_utilization``
   leaves room for the trainer; sleep/wake frees the engine's memory between phases.
 - ``update_weights`` streams (HF name, tensor) pairs into the engine's model in place
   (``reload_weights``) and then resets the prefix cache and the multimodal encoder cache, so no
@@ -49,6 +52,16 @@ class RefitStats:
         return self.bytes / max(self.seconds, 1e-9) / 1e9
 
 
+def engine_count(rollout_tp: int, world: int) -> int:
+    """How many rollout engines a job of `world` processes holds at `rollout_tp` ranks per engine."""
+    if rollout_tp < 1 or world % rollout_tp:
+        raise ValueError(
+            f"parallel.rollout_tp={rollout_tp} must divide the number of processes ({world}): each block of "
+            "rollout_tp consecutive ranks serves one vLLM engine"
+        )
+    return world // rollout_tp
+
+
 class RolloutEngine:
     """A vLLM engine serving the policy, colocated with this training process.
 
@@ -86,12 +99,7 @@ class RolloutEngine:
                 enable_sleep_mode=True,
             )
             if rollout_tp > 1:
-                world = int(os.environ.get("WORLD_SIZE", "1"))
-                if rollout_tp != world:
-                    raise NotImplementedError(
-                        f"parallel.rollout_tp={rollout_tp} with {world} processes: a rollout TP group smaller than the "
-                        "job is not supported yet; use rollout_tp=1 (one engine per rank) or rollout_tp=world size"
-                    )
+                engine_count(rollout_tp, int(os.environ.get("WORLD_SIZE", "1")))  # raises unless it divides
                 kwargs["distributed_executor_backend"] = "external_launcher"
         else:
             # No chunked prefill on CPU: a prompt split over two scheduler steps discards its first
@@ -106,8 +114,8 @@ class RolloutEngine:
             )
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
-        self.spans_world = self.on_gpu and rollout_tp > 1
-        """One engine shared by every rank (SPMD): each rank must submit the same prompts."""
+        self.ranks_per_engine = rollout_tp if self.on_gpu else 1
+        """Consecutive ranks sharing this engine (SPMD): each of them must submit the same prompts."""
 
     # -- generation -------------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ class ReplaySource:
         if not self.root.is_dir():
             raise FileNotFoundError(f"rollout.replay_dir {self.root} does not exist")
 
-    spans_world = False
+    ranks_per_engine = 1
 
     def sleep(self) -> None:
         """Nothing to free (the engine's lifecycle calls are no-ops here)."""

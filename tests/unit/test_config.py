@@ -118,3 +118,13 @@ def test_layout_is_checked_against_the_named_model(tmp_path: Path, tiny_checkpoi
         load_config(None, [f"model.hf_dir={hf}", "parallel.pp=4"])
     with pytest.raises(ConfigError, match=r"model\.hf_dir: cannot read"):
         load_config(None, [f"model.hf_dir={tmp_path}"])
+
+
+def test_rollout_tp_must_divide_heads_and_world() -> None:
+    cfg = load_config(None, ["model.preset=32b", "parallel.tp=8", "parallel.pp=2", "parallel.rollout_tp=4"])
+    cfg.validate(world_size=32)  # 8 engines of 4 ranks
+    cfg = load_config(None, ["model.preset=32b", "parallel.tp=2", "parallel.rollout_tp=4"])
+    with pytest.raises(ConfigError, match=r"parallel\.rollout_tp \(4\) must divide the world size \(6\)"):
+        cfg.validate(world_size=6)  # a fine trainer layout (DP=3), but 6 GPUs do not split into engines of 4
+    with pytest.raises(ConfigError, match=r"parallel\.rollout_tp \(3\) must be >= 1 and divide the 40 attention heads"):
+        load_config(None, ["model.preset=32b", "parallel.rollout_tp=3"])

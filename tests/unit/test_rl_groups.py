@@ -231,12 +231,11 @@ def paper_total(first: bool, last: bool, length: int) -> float:
     return 0.5 + (0.5 if first else 0.0) + effect + 0.25 + 0.1 * f_len
 
 
-@pytest.mark.parametrize("shared_engine", [False, True])
-def test_rollout_groups_single_process(scorer: RewardScorer, shared_engine: bool) -> None:
+def test_rollout_groups_single_process(scorer: RewardScorer) -> None:
     assert not dist.is_initialized()
     requests, seeds = requests_and_seeds()
     engine = StandInEngine(GOLDS)
-    groups = rollout_groups(engine, scorer, requests, GOLDS, seeds=seeds, shared_engine=shared_engine)
+    groups = rollout_groups(engine, scorer, requests, GOLDS, seeds=seeds)
 
     assert engine.calls == [(requests, seeds)]  # one call, all requests, exactly the given seeds
     assert [g.request for g in groups] == requests
