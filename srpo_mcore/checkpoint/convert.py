@@ -18,9 +18,11 @@ A Megatron checkpoint directory carries ``srpo_mcore.json`` (architecture, dtype
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from srpo_mcore.checkpoint.hf_io import HFCheckpoint
 from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch, TextArch, VisionArch
 from srpo_mcore.models.qwen2_5_vl.weight_map import weight_rows
 from srpo_mcore.parallel.dims import ParallelDims
-from srpo_mcore.parallel.launch import spawn
+from srpo_mcore.parallel.launch import run_here, spawn
 
 META = "srpo_mcore.json"
 FORMAT = "srpo-mcore/torch_dist/v1"
@@ -142,6 +144,37 @@ def describe_checkpoint(
 # ---------------------------------------------------------------------------------------------
 
 
+def _on_ranks(fn: Callable[..., int], world: int, *args: Any) -> list[int]:
+    """Run a worker on `world` ranks: spawned processes, or this process when one rank suffices
+    and no process group is active here (saves starting an interpreter that imports torch and
+    Megatron again). Returns the workers' results."""
+    import torch.distributed as dist
+
+    if world > 1 or dist.is_initialized():
+        return spawn(fn, world, *args)
+    from srpo_mcore._compat.megatron_cpu import disable_megatron_cpu, is_enabled
+    from srpo_mcore.parallel.setup import destroy_parallel
+
+    shimmed = is_enabled()
+    try:
+        return [run_here(fn, *args)]
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # as from spawned ranks: RuntimeError with the rank's traceback
+        raise RuntimeError(f"conversion failed:\n--- rank 0 ---\n{traceback.format_exc()}") from e
+    finally:
+        destroy_parallel()  # idempotent: after a failure too, leave no Megatron state behind
+        if not shimmed:
+            disable_megatron_cpu()
+
+
+def _reset_peak_rss() -> None:
+    """Start this process's VmHWM afresh (Linux: ``5`` to clear_refs), so a conversion run in an
+    existing process reports its own peak."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def _peak_rss() -> int:
     """This process's resident-set high-water mark in bytes (VmHWM of its own address space:
     unlike ru_maxrss it does not inherit the parent's peak across fork+exec)."""
@@ -165,69 +198,140 @@ def _build(arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> Any:
     return Qwen25VLModel(arch, ModelLayout(tp=tp, pp=pp, dtype=dtype, init_weights=False))
 
 
-def _load_mcore(model: Any, mcore_dir: str) -> None:
+def _hf_to_mcore_worker(hf_dir: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> int:
+    """Stream this rank's shard: each tensor is read from the HF files, cut and written in turn.
+
+    The model is built uninitialised (its parameters are never touched, so they cost no memory);
+    it only supplies the checkpoint's layout. Peak memory is about one full weight-map row.
+    """
+    import torch
+    import torch.distributed as dist
     from megatron.core import dist_checkpointing
-
-    request = model.sharded_state_dict()
-    state = dist_checkpointing.load(request, mcore_dir)
-    # A training checkpoint also holds the optimizer's common state; take the model's entries only.
-    model.load_state_dict({k: v for k, v in state.items() if k in request}, strict=True)
-
-
-def _save_mcore(model: Any, out_dir: str) -> None:
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
+    from tqdm import tqdm
 
     from srpo_mcore._compat.megatron_ckpt_queue import use_in_process_write_queue
-
-    use_in_process_write_queue()
-
-    # Several writer threads per rank: measured 11.3 s -> 8.2 s for 3.4 GB on a 2-core machine.
-    strategy = TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=4)
-    dist_checkpointing.save(model.sharded_state_dict(), out_dir, sharded_strategy=strategy)
-
-
-def _hf_to_mcore_worker(hf_dir: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> int:
-    import torch.distributed as dist
-
-    from srpo_mcore.checkpoint.load_hf import load_hf_weights
+    from srpo_mcore._compat.megatron_lazy_save import LazyTorchDistSaveStrategy
+    from srpo_mcore.checkpoint.load_hf import hf_shard, rows_for_model
     from srpo_mcore.parallel.setup import destroy_parallel
 
+    use_in_process_write_queue()
+    _reset_peak_rss()
     model = _build(arch, tp, pp, dtype)
-    load_hf_weights(model, hf_dir, progress=dist.get_rank() == 0)
-    _save_mcore(model, tmp)
+    ckpt = HFCheckpoint(hf_dir)
+    by_storage = {p.untyped_storage().data_ptr(): (local, p, row) for local, p, row in rows_for_model(model)}
+    bar = tqdm(total=len(by_storage), desc="convert", unit="tensor", disable=dist.get_rank() != 0)
+    last: dict[int, torch.Tensor] = {}  # the last parameter produced (fused fc1 is saved as two halves)
+
+    @torch.no_grad()
+    def produce(placeholder: torch.Tensor, key: str, _offset: tuple[int, ...]) -> torch.Tensor:
+        """The bytes of `placeholder`: a parameter, or a view of one (a layer's (1, ...) view, a half)."""
+        ptr = placeholder.untyped_storage().data_ptr()
+        if ptr not in by_storage:
+            raise KeyError(f"{key}: checkpoint tensor of shape {tuple(placeholder.shape)} is no model parameter")
+        local, param, row = by_storage[ptr]
+        if ptr not in last:
+            last.clear()
+            last[ptr] = hf_shard(ckpt, local, param, row, arch).contiguous()
+            bar.update()
+        start = placeholder.storage_offset() - param.storage_offset()
+        return last[ptr].as_strided(placeholder.shape, placeholder.stride(), start)
+
+    dist_checkpointing.save(model.sharded_state_dict(), tmp, sharded_strategy=LazyTorchDistSaveStrategy(produce))
+    bar.close()
     destroy_parallel()
     return _peak_rss()
 
 
 def _reshard_worker(src: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> int:
+    """Stream this rank's shard at the new layout: each chunk is read from `src` as it is written."""
+    import torch
+    from megatron.core import dist_checkpointing
+
+    from srpo_mcore._compat.megatron_ckpt_queue import use_in_process_write_queue
+    from srpo_mcore._compat.megatron_lazy_save import LazyTorchDistSaveStrategy
+    from srpo_mcore._compat.megatron_partial_load import Chunk, read_chunks
     from srpo_mcore.parallel.setup import destroy_parallel
 
+    use_in_process_write_queue()
+    _reset_peak_rss()
     model = _build(arch, tp, pp, dtype)
-    _load_mcore(model, src)
-    _save_mcore(model, tmp)
+    shapes = {sh.key: tuple(sh.global_shape) for sh in _sharded_tensors(model)}
+
+    def produce(placeholder: torch.Tensor, key: str, offset: tuple[int, ...]) -> torch.Tensor:
+        out = torch.empty(placeholder.shape, dtype=placeholder.dtype)
+        read_chunks(src, [Chunk(key, offset, shapes[key], out)])
+        return out
+
+    dist_checkpointing.save(model.sharded_state_dict(), tmp, sharded_strategy=LazyTorchDistSaveStrategy(produce))
     destroy_parallel()
     return _peak_rss()
+
+
+def _sharded_tensors(model: Any) -> list[Any]:
+    """The model's sharded tensors as Megatron saves them (factories applied)."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
+
+    state = dict(model.sharded_state_dict())
+    apply_factories(state)
+    return [sh for sh in nested_values(state) if isinstance(sh, ShardedTensor)]
+
+
+def _row_groups(arch: Qwen25VLArch) -> list[list[Any]]:
+    """The weight-map rows in export order, grouped one layer (or one non-layer row) at a time."""
+    groups: list[list[Any]] = []
+    last = None
+    for row in weight_rows(arch):
+        parts = row.mcore.split(".")
+        layer = ".".join(parts[: parts.index("layers") + 2]) if "layers" in parts else row.mcore
+        if layer != last:
+            groups.append([])
+            last = layer
+        groups[-1].append(row)
+    return groups
 
 
 def _mcore_to_hf_worker(
     src: str, tmp_out: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str, max_shard_bytes: int
 ) -> int:
+    """Export a layer at a time: load its shards from the checkpoint, gather, write, forget.
+
+    The model is built uninitialised; each layer's parameters are loaded from the checkpoint just
+    before they are exported and replaced by untouched memory afterwards, so a rank holds about
+    one layer (plus the tensors being written), never its whole shard.
+    """
+    import torch
     import torch.distributed as dist
 
+    from srpo_mcore._compat.megatron_partial_load import megatron_chunks, read_chunks
     from srpo_mcore.checkpoint.hf_export import write_hf_checkpoint
+    from srpo_mcore.checkpoint.load_hf import rows_for_model
     from srpo_mcore.parallel.setup import destroy_parallel
     from srpo_mcore.rollout.refit import iter_hf_weights
 
+    _reset_peak_rss()
     model = _build(arch, tp, pp, dtype)
-    _load_mcore(model, src)
-    weights = iter_hf_weights(model)
+    local_names: dict[str, list[tuple[str, Any]]] = {}
+    for local, param, row in rows_for_model(model):
+        local_names.setdefault(row.mcore, []).append((local, param))
+
+    def weights() -> Any:
+        for rows in _row_groups(arch):
+            mine = [lp for row in rows for lp in local_names.get(row.mcore, [])]
+            wanted = {local for local, _ in mine}
+            request = {k: v for k, v in model.sharded_state_dict().items() if k in wanted}
+            read_chunks(src, megatron_chunks(request))  # into the parameters, this rank only
+            del request
+            yield from iter_hf_weights(model, rows=rows, bucket_bytes=0)  # TP gathers, PP broadcasts
+            for _, param in mine:  # forget the layer: fresh, never-touched memory in its place
+                param.data = torch.empty_like(param.data)
+
     if dist.get_rank() == 0:
         from tqdm import tqdm
 
         total = sum(len(r.hf) for r in weight_rows(arch))
         write_hf_checkpoint(
-            tqdm(weights, total=total, desc="export", unit="tensor"),
+            tqdm(weights(), total=total, desc="export", unit="tensor"),
             arch,
             tmp_out,
             source_dir=src,
@@ -235,7 +339,7 @@ def _mcore_to_hf_worker(
             force=True,
         )
     else:
-        for _ in weights:  # the gathers are collective: every rank walks every row
+        for _ in weights():  # the loads and gathers are collective: every rank walks every row
             pass
     dist.barrier()
     destroy_parallel()
@@ -274,7 +378,7 @@ def hf_to_mcore(
     check_layout(arch, tp, pp)
 
     def write(tmp: Path) -> None:
-        peaks = spawn(_hf_to_mcore_worker, tp * pp, str(hf_dir), str(tmp), arch, tp, pp, dtype)
+        peaks = _on_ranks(_hf_to_mcore_worker, tp * pp, str(hf_dir), str(tmp), arch, tp, pp, dtype)
         if stats is not None:
             stats["peak_rss_bytes"] = max(peaks)
         _copy_side_files(hf_dir, tmp)
@@ -291,7 +395,7 @@ def reshard_mcore(src: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1,
     check_layout(arch, tp, pp)
 
     def write(tmp: Path) -> None:
-        spawn(_reshard_worker, tp * pp, str(src), str(tmp), arch, tp, pp, meta["dtype"])
+        _on_ranks(_reshard_worker, tp * pp, str(src), str(tmp), arch, tp, pp, meta["dtype"])
         _copy_side_files(src, tmp)
         _write_meta(tmp, arch, meta["dtype"], tp, pp)
 
@@ -318,7 +422,9 @@ def mcore_to_hf(
     check_layout(arch, tp, pp)
 
     def write(tmp: Path) -> None:
-        peaks = spawn(_mcore_to_hf_worker, tp * pp, str(src), str(tmp), arch, tp, pp, meta["dtype"], max_shard_bytes)
+        peaks = _on_ranks(
+            _mcore_to_hf_worker, tp * pp, str(src), str(tmp), arch, tp, pp, meta["dtype"], max_shard_bytes
+        )
         if stats is not None:
             stats["peak_rss_bytes"] = max(peaks)
 

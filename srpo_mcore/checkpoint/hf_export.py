@@ -1,20 +1,23 @@
 """Writing HF checkpoints: sharded safetensors + index, config, tokenizer and processor files.
 
 Owns: ``write_hf_checkpoint`` — consumes a stream of (HF name, tensor) pairs, writes shards of
-bounded size as they fill, writes the index and ``config.json``, copies the tokenizer, processor,
-chat template and generation config from a source checkpoint, all through ``atomic_dir`` (an
-interrupted export leaves no checkpoint-looking directory).
+bounded size, writes the index and ``config.json``, copies the tokenizer, processor, chat
+template and generation config from a source checkpoint, all through ``atomic_dir`` (an
+interrupted export leaves no checkpoint-looking directory) — and ``ShardWriter``, which writes a
+safetensors file a tensor at a time: each tensor's bytes go to disk as it arrives, and the header
+(whose length the format puts first) is written last into space reserved at the start and padded
+with spaces, as the safetensors format allows. An export holds one tensor, not one shard.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from srpo_mcore.atomic_dir import atomic_dir
 from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch
@@ -32,6 +35,70 @@ SIDE_FILES = (
     "video_preprocessor_config.json",
     "generation_config.json",
 )
+
+
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+HEADER_RESERVE = 1 << 16
+"""Bytes reserved for a shard's header (~150 bytes a tensor: ~400 tensors; a longer header costs a
+rewrite of the shard)."""
+
+
+class ShardWriter:
+    """One safetensors file, written a tensor at a time (see the module docstring)."""
+
+    def __init__(self, path: Path, reserve: int = HEADER_RESERVE) -> None:
+        self.path = path
+        self.reserve = reserve
+        self.entries: dict[str, dict] = {}
+        self.size = 0
+        self.file = open(path, "wb")  # noqa: SIM115 - closed in finish()
+        self.file.write(b"\0" * (8 + reserve))
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self.entries:
+            raise ValueError(f"{self.path}: tensor {name!r} written twice")
+        if tensor.dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{name}: dtype {tensor.dtype} cannot be stored in safetensors")
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        self.file.write(memoryview(data.numpy()))
+        end = self.size + data.numel()
+        self.entries[name] = {
+            "dtype": SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [self.size, end],
+        }
+        self.size = end
+
+    def finish(self) -> None:
+        header = json.dumps({"__metadata__": {"format": "pt"}, **self.entries}, separators=(",", ":")).encode()
+        if len(header) <= self.reserve:
+            self.file.seek(0)
+            self.file.write(struct.pack("<Q", self.reserve) + header + b" " * (self.reserve - len(header)))
+            self.file.close()
+            return
+        # More tensors than the reserved space describes: write the file again behind a longer header.
+        self.file.close()
+        padded = header + b" " * (-len(header) % 8)  # keep the data 8-byte aligned
+        moved = self.path.with_name(self.path.name + ".data")
+        self.path.rename(moved)
+        with open(moved, "rb") as src, open(self.path, "wb") as dst:
+            dst.write(struct.pack("<Q", len(padded)) + padded)
+            src.seek(8 + self.reserve)
+            shutil.copyfileobj(src, dst, 64 * 2**20)
+        moved.unlink()
 
 
 def write_hf_checkpoint(
@@ -52,29 +119,23 @@ def write_hf_checkpoint(
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out}: already exists and is not empty (pass force=True / --force to replace it)")
     with atomic_dir(out) as tmp:
-        current: dict[str, torch.Tensor] = {}
         files: list[str] = []
         weight_map: dict[str, str] = {}
-        size = 0
+        shard: ShardWriter | None = None
         total = 0
-
-        def flush() -> None:
-            name = f"model-{len(files) + 1:05d}.safetensors"
-            save_file({k: v.contiguous() for k, v in current.items()}, str(tmp / name), metadata={"format": "pt"})
-            files.append(name)
-            weight_map.update(dict.fromkeys(current, name))
-            current.clear()
-
         for name, tensor in weights:
             nbytes = tensor.numel() * tensor.element_size()
-            if current and size + nbytes > max_shard_bytes:
-                flush()
-                size = 0
-            current[name] = tensor.detach().cpu()
-            size += nbytes
+            if shard is not None and shard.size and shard.size + nbytes > max_shard_bytes:
+                shard.finish()
+                shard = None
+            if shard is None:
+                files.append(f"model-{len(files) + 1:05d}.safetensors")
+                shard = ShardWriter(tmp / files[-1])
+            shard.add(name, tensor)
+            weight_map[name] = files[-1]
             total += nbytes
-        if current:
-            flush()
+        if shard is not None:
+            shard.finish()
         n = len(files)
         renamed = {}
         for i, f in enumerate(files):  # the HF convention names shards model-0000i-of-0000n

@@ -1,26 +1,92 @@
-"""Reading HF safetensors checkpoints tensor by tensor (memory-mapped, sharded or not).
+"""Reading HF safetensors checkpoints tensor by tensor (sharded or not).
 
 Owns: ``HFCheckpoint`` — the index of a checkpoint directory (``model.safetensors`` or
-``model.safetensors.index.json`` + shards) and lazy access to one tensor at a time, with errors
-that name the file and tensor at fault.
+``model.safetensors.index.json`` + shards) and access to one tensor at a time, with errors that
+name the file and tensor at fault. Each file is validated by ``safetensors`` when first opened;
+tensors are then read with one positioned read each into a fresh buffer instead of through a
+memory map, so the pages of tensors already consumed do not stay in this process's resident set
+(a memory-mapped read keeps every page it touched mapped: a converter's RSS grew by the whole
+checkpoint).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import struct
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
+# safetensors dtype names -> torch dtypes
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class _File:
+    """One safetensors file: its header, and positioned reads of its tensors."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        try:
+            with safe_open(str(path), framework="pt") as f:  # full validation (offsets, sizes, dtypes)
+                self.keys = list(f.keys())
+        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+            raise ValueError(f"{path}: cannot read safetensors file ({e})") from e
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            self.header = json.loads(f.read(n))
+        self.data_start = 8 + n
+
+    def read(self, name: str) -> torch.Tensor:
+        entry = self.header[name]
+        dtype = DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+        begin, end = entry["data_offsets"]
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY)
+        buf = torch.empty(end - begin, dtype=torch.uint8)
+        view = memoryview(buf.numpy()).cast("B")
+        got = 0
+        while got < len(view):  # pread may return short counts
+            n = os.preadv(self.fd, [view[got:]], self.data_start + begin + got)
+            if n == 0:
+                raise ValueError(f"{self.path}: tensor {name!r} is cut short (file truncated while reading)")
+            got += n
+        return buf.view(dtype).reshape(entry["shape"])
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
 
 class HFCheckpoint:
-    """Lazy, memory-mapped view of the tensors of an HF checkpoint directory."""
+    """Lazy view of the tensors of an HF checkpoint directory (one tensor read at a time)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         index = self.path / "model.safetensors.index.json"
         single = self.path / "model.safetensors"
+        self._files: dict[Path, _File] = {}
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
@@ -28,19 +94,14 @@ class HFCheckpoint:
                 raise ValueError(f"{index}: not a safetensors index ({e})") from e
             self._where = {name: self.path / f for name, f in weight_map.items()}
         elif single.exists():
-            self._where = {}
-            with self._open(single) as f:
-                self._where = dict.fromkeys(f.keys(), single)
+            self._where = dict.fromkeys(self._file(single).keys, single)
         else:
             raise FileNotFoundError(f"{self.path}: no model.safetensors or model.safetensors.index.json")
-        self._handles: dict[Path, object] = {}
 
-    @staticmethod
-    def _open(file: Path):  # type: ignore[no-untyped-def]
-        try:
-            return safe_open(str(file), framework="pt")
-        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-            raise ValueError(f"{file}: cannot read safetensors file ({e})") from e
+    def _file(self, path: Path) -> _File:
+        if path not in self._files:
+            self._files[path] = _File(path)
+        return self._files[path]
 
     def names(self) -> list[str]:
         return sorted(self._where)
@@ -49,14 +110,17 @@ class HFCheckpoint:
         return name in self._where
 
     def get(self, name: str) -> torch.Tensor:
-        """One tensor, read on demand."""
+        """One tensor, read on demand into memory of its own."""
         if name not in self._where:
             raise KeyError(f"{self.path}: checkpoint has no tensor {name!r}")
-        file = self._where[name]
-        handle = self._handles.get(file)
-        if handle is None:
-            handle = self._handles[file] = self._open(file).__enter__()
+        file = self._file(self._where[name])
+        if name not in file.header:
+            raise ValueError(f"{file.path}: cannot read tensor {name!r} (the index names it, the file lacks it)")
         try:
-            return handle.get_tensor(name)  # type: ignore[attr-defined]
-        except Exception as e:
-            raise ValueError(f"{file}: cannot read tensor {name!r} ({e})") from e
+            return file.read(name)
+        except OSError as e:
+            raise ValueError(f"{file.path}: cannot read tensor {name!r} ({e})") from e
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()

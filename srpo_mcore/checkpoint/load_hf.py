@@ -2,13 +2,15 @@
 
 Owns: walking this rank's parameters, finding each one's row in the weight map (global layer
 index for this pipeline stage; Transformer Engine's fused-norm names mapped to the local ones),
-building the full tensor from the HF tensors (read lazily) and copying this rank's TP shard in —
-with an error naming the parameter, tensor and shapes when anything does not fit.
+building the full tensor from the HF tensors (read lazily) and cutting this rank's TP shard
+(``hf_shard``, also what the streaming converter writes) — with an error naming the parameter,
+tensor and shapes when anything does not fit.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from megatron.core import parallel_state
@@ -35,23 +37,28 @@ def rows_for_model(model: Qwen25VLModel) -> list[tuple[str, torch.nn.Parameter, 
     return out
 
 
+def hf_shard(ckpt: HFCheckpoint, local: str, param: torch.Tensor, row: WeightRow, arch: Any) -> torch.Tensor:
+    """This rank's TP shard of parameter `local`, built from its HF tensors, in the parameter's dtype."""
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    full = to_mcore(row, [ckpt.get(h) for h in row.hf], arch)
+    shard = tp_shard(full, dim=row.tp_dim, parts=row.tp_parts, tp=tp, rank=rank)
+    if shard.shape != param.shape:
+        raise ValueError(
+            f"{ckpt.path}: {', '.join(row.hf)} -> {local}: shard shape {tuple(shard.shape)} "
+            f"!= parameter shape {tuple(param.shape)} (tp={tp})"
+        )
+    return shard.to(param.dtype)
+
+
 @torch.no_grad()
 def load_hf_weights(model: Qwen25VLModel, hf_dir: str | Path | HFCheckpoint, *, progress: bool = False) -> int:
     """Copy this rank's shard of every parameter from the HF checkpoint; return how many."""
     from tqdm import tqdm
 
     ckpt = hf_dir if isinstance(hf_dir, HFCheckpoint) else HFCheckpoint(hf_dir)
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    rank = parallel_state.get_tensor_model_parallel_rank()
     n = 0
     for local, param, row in tqdm(rows_for_model(model), desc="load", unit="tensor", disable=not progress):
-        full = to_mcore(row, [ckpt.get(h) for h in row.hf], model.arch)
-        shard = tp_shard(full, dim=row.tp_dim, parts=row.tp_parts, tp=tp, rank=rank)
-        if shard.shape != param.shape:
-            raise ValueError(
-                f"{ckpt.path}: {', '.join(row.hf)} -> {local}: shard shape {tuple(shard.shape)} "
-                f"!= parameter shape {tuple(param.shape)} (tp={tp})"
-            )
-        param.copy_(shard.to(param.dtype))
+        param.copy_(hf_shard(ckpt, local, param, row, model.arch))
         n += 1
     return n

@@ -12,7 +12,7 @@ Does not own: the name/layout table (``models.qwen2_5_vl.weight_map``) or the en
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -57,13 +57,18 @@ def _broadcast_pp(full: torch.Tensor | None, owner: int, device: torch.device) -
 
 
 def iter_hf_weights(
-    model: Qwen25VLModel, *, bucket_bytes: int = 512 * 2**20, include_vision: bool = True
+    model: Qwen25VLModel,
+    *,
+    bucket_bytes: int = 512 * 2**20,
+    include_vision: bool = True,
+    rows: Sequence[WeightRow] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield every (HF name, full tensor) of the model on every rank, a bucket at a time.
 
     Args:
         bucket_bytes: Gathered bytes held before the bucket is handed on (memory bound).
         include_vision: False skips the vision tower and merger (e.g. frozen, already loaded).
+        rows: Only these weight-map rows (the same on every rank), in this order; default all.
     """
     arch, layout = model.arch, model.layout
     pp = layout.pp
@@ -73,7 +78,7 @@ def iter_hf_weights(
     device = next(model.parameters()).device  # receivers of a PP broadcast allocate where NCCL can reach
     bucket: list[tuple[str, torch.Tensor]] = []
     held = 0
-    for row in weight_rows(arch):
+    for row in weight_rows(arch) if rows is None else rows:
         if not include_vision and row.mcore.startswith("vision."):
             continue
         owner = owner_stage(row, arch.text.num_layers, pp)

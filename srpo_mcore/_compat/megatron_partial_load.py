@@ -1,0 +1,117 @@
+"""Read part of a Megatron-Core ``torch_dist`` checkpoint into a model, on one rank, no collectives.
+
+Megatron's ``dist_checkpointing.load`` is collective and translates each request into PyTorch
+``ShardedTensor``s whose global metadata assumes the other fragments of a stacked (per-layer)
+tensor live on other ranks: a request for one layer of a one-process job fails ("number of local
+shards ... does not match"). The exporter wants exactly that — one layer at a time — so this
+module reads the chunks itself with PyTorch's DCP machinery:
+
+- ``megatron_chunks``: the (checkpoint key, global offset, destination view) of every tensor in a
+  slice of the model's sharded state dict — Megatron's factories applied (the fused SwiGLU
+  ``linear_fc1`` becomes its two halves, each a view of the parameter), stacked-layer axes
+  prepended, exactly as Megatron's own save named and placed them.
+- ``read_chunks``: ``torch.distributed.checkpoint.load(no_dist=True)`` with a planner that asks
+  for each chunk by key and offset (``create_read_items_for_chunk_list``, DCP's own resharding),
+  reading into the destination views in place. Shapes are checked against the checkpoint.
+  A stored tensor that is a whole file of its own (what ``megatron_lazy_save`` writes) is read
+  memory-mapped (``torch.load(mmap=True)``) and copied once into place; DCP's reader streams it
+  into a fresh tensor first (measured here: 7.2 s -> see tools/bench_convert.py for 3.4 GB).
+  Files holding several tensors (Megatron's own saves, training checkpoints) take DCP's path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint import load as dcp_load
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """One tensor to read: ``key`` in the checkpoint, at ``offset`` in its global shape, into ``dest``."""
+
+    key: str
+    offset: tuple[int, ...]
+    global_shape: tuple[int, ...]
+    dest: torch.Tensor
+
+
+def megatron_chunks(sharded_state_dict: Mapping[str, Any]) -> list[Chunk]:
+    """The chunks of a (slice of a) model's ``sharded_state_dict()``; destinations alias the model."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
+
+    state = dict(sharded_state_dict)
+    apply_factories(state)
+    out = []
+    for sh in nested_values(state):
+        if not isinstance(sh, ShardedTensor):
+            continue  # ShardedObjects (e.g. Transformer Engine extra state): not weights
+        if sh.flattened_range is not None:
+            raise NotImplementedError(f"{sh.key}: flattened (optimizer-style) chunks are not supported here")
+        dest = sh.data.detach().view((1,) * sh.prepend_axis_num + tuple(sh.local_shape))  # aliases the parameter
+        out.append(Chunk(sh.key, tuple(sh.global_offset), tuple(sh.global_shape), dest))
+    return out
+
+
+class _ChunkPlanner(DefaultLoadPlanner):
+    def __init__(self, chunks: Sequence[Chunk]) -> None:
+        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+        self.chunks = {f"chunk{i}": c for i, c in enumerate(chunks)}
+
+    def create_local_plan(self) -> LoadPlan:
+        items = []
+        for name, c in self.chunks.items():
+            md = self.metadata.state_dict_metadata.get(c.key) if self.metadata else None
+            if not isinstance(md, TensorStorageMetadata):
+                raise KeyError(f"checkpoint has no tensor {c.key!r}")
+            if tuple(md.size) != c.global_shape:
+                raise ValueError(f"{c.key}: checkpoint shape {tuple(md.size)} != model shape {c.global_shape}")
+            wanted = ChunkStorageMetadata(offsets=torch.Size(c.offset), sizes=c.dest.size())
+            for item in create_read_items_for_chunk_list(c.key, md, [wanted]):
+                dest = dataclasses.replace(item.dest_index, fqn=name, offset=None, index=None)  # a plain tensor
+                items.append(dataclasses.replace(item, dest_index=dest))
+        self.plan = LoadPlan(items)
+        return self.plan
+
+
+class _MmapReader(FileSystemReader):
+    """DCP's file reader, reading single-tensor files memory-mapped."""
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Any:
+        from pathlib import Path
+
+        from torch.distributed._shard._utils import narrow_tensor_by_index
+
+        rest = []
+        for req in plan.items:
+            info = self.storage_data[req.storage_index]
+            path = Path(self.path) / info.relative_path
+            whole = info.offset == 0 and not info.transform_descriptors and info.length == path.stat().st_size
+            if req.type != LoadItemType.TENSOR or not whole:
+                rest.append(req)
+                continue
+            stored = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+            target = planner.resolve_tensor(req).detach()
+            target.copy_(narrow_tensor_by_index(stored, req.storage_offsets, req.lengths))
+            planner.commit_tensor(req, target)
+            del stored  # unmaps the file
+        return super().read_data(dataclasses.replace(plan, items=rest), planner)
+
+
+def read_chunks(checkpoint_dir: str, chunks: Sequence[Chunk]) -> None:
+    """Fill every chunk's ``dest`` from the checkpoint (this rank only; no process group needed)."""
+    if not chunks:
+        return
+    planner = _ChunkPlanner(chunks)
+    state = {name: c.dest for name, c in planner.chunks.items()}
+    with torch.no_grad():
+        dcp_load(state, storage_reader=_MmapReader(checkpoint_dir), planner=planner, no_dist=True)
