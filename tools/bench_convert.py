@@ -155,11 +155,10 @@ def main() -> None:
         times: dict[str, list[float]] = {"limit": [], "h2m": [], "m2h": []}
         h2m_stats: dict[str, int] = {}
         m2h_stats: dict[str, int] = {}
-        for _ in range(args.repeat):
-            for path in ("copy", "mcore", "out"):
-                shutil.rmtree(root / path, ignore_errors=True)
+        for _ in range(args.repeat):  # each output is deleted once measured (its page cache with it)
             os.sync()
             times["limit"].append(plain_copy(root / "hf", root / "copy"))
+            shutil.rmtree(root / "copy")
             os.sync()
             start = time.perf_counter()
             hf_to_mcore(root / "hf", root / "mcore", tp=args.tp, dtype="bf16", stats=h2m_stats)
@@ -168,6 +167,8 @@ def main() -> None:
             start = time.perf_counter()
             mcore_to_hf(root / "mcore", root / "out", tp=args.tp, stats=m2h_stats)
             times["m2h"].append(time.perf_counter() - start)
+            shutil.rmtree(root / "mcore")
+            shutil.rmtree(root / "out")
         limit_s = min(times["limit"])
     finally:
         shutil.rmtree(root, ignore_errors=True)

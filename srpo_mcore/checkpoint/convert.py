@@ -2,12 +2,19 @@
 
 Owns the three conversions and their safety rules:
 
-- ``hf_to_mcore``: one process per TP x PP rank builds its model shard, loads its part of the HF
-  tensors (memory-mapped, one row of the weight map at a time) and writes a Megatron-Core
-  distributed checkpoint (``torch_dist``) collectively. Any layout loads it (resharding on load).
-- ``mcore_to_hf``: loads a Megatron checkpoint (as written here or by training) at a layout and
-  streams the weights out through the weight map into HF shards of bounded size.
-- ``reshard_mcore``: Megatron checkpoint -> Megatron checkpoint at another TP x PP layout.
+- ``hf_to_mcore``: one process per TP x PP rank (the calling process itself when there is one)
+  builds its model shard uninitialised and writes a Megatron-Core distributed checkpoint
+  (``torch_dist``), each tensor read from the HF files, transformed through the weight map and
+  cut to the rank's shard just before it is written (``_compat.megatron_lazy_save``). Any layout
+  loads it (resharding on load).
+- ``mcore_to_hf``: reads a Megatron checkpoint (as written here or by training) a layer at a time
+  at a layout (``_compat.megatron_partial_load``), gathers each layer through the weight map and
+  streams it into HF safetensors shards of bounded size, written tensor by tensor.
+- ``reshard_mcore``: Megatron checkpoint -> Megatron checkpoint at another TP x PP layout, each
+  chunk read from the source as it is written.
+
+Memory: a rank holds about one tensor (HF -> Megatron, resharding) or one layer plus the tensor
+being written (Megatron -> HF), never its whole shard (``tools/bench_convert.py`` measures it).
 
 Inputs are validated before any work (model type, missing/unexpected/mis-shaped tensors, a TP size
 that does not divide heads/groups/vocabulary, unreadable safetensors, an existing output without
@@ -249,13 +256,13 @@ def _reshard_worker(src: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dt
 
     from srpo_mcore._compat.megatron_ckpt_queue import use_in_process_write_queue
     from srpo_mcore._compat.megatron_lazy_save import LazyTorchDistSaveStrategy
-    from srpo_mcore._compat.megatron_partial_load import Chunk, read_chunks
+    from srpo_mcore._compat.megatron_partial_load import Chunk, megatron_chunks, read_chunks
     from srpo_mcore.parallel.setup import destroy_parallel
 
     use_in_process_write_queue()
     _reset_peak_rss()
     model = _build(arch, tp, pp, dtype)
-    shapes = {sh.key: tuple(sh.global_shape) for sh in _sharded_tensors(model)}
+    shapes = {c.key: c.global_shape for c in megatron_chunks(model.sharded_state_dict())}
 
     def produce(placeholder: torch.Tensor, key: str, offset: tuple[int, ...]) -> torch.Tensor:
         out = torch.empty(placeholder.shape, dtype=placeholder.dtype)
@@ -265,16 +272,6 @@ def _reshard_worker(src: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dt
     dist_checkpointing.save(model.sharded_state_dict(), tmp, sharded_strategy=LazyTorchDistSaveStrategy(produce))
     destroy_parallel()
     return _peak_rss()
-
-
-def _sharded_tensors(model: Any) -> list[Any]:
-    """The model's sharded tensors as Megatron saves them (factories applied)."""
-    from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
-
-    state = dict(model.sharded_state_dict())
-    apply_factories(state)
-    return [sh for sh in nested_values(state) if isinstance(sh, ShardedTensor)]
 
 
 def _row_groups(arch: Qwen25VLArch) -> list[list[Any]]:
@@ -302,6 +299,7 @@ def _mcore_to_hf_worker(
     """
     import torch
     import torch.distributed as dist
+    from tqdm import tqdm
 
     from srpo_mcore._compat.megatron_partial_load import megatron_chunks, read_chunks
     from srpo_mcore.checkpoint.hf_export import write_hf_checkpoint
@@ -315,6 +313,9 @@ def _mcore_to_hf_worker(
     for local, param, row in rows_for_model(model):
         local_names.setdefault(row.mcore, []).append((local, param))
 
+    total = sum(len(r.hf) for r in weight_rows(arch))
+    bar = tqdm(total=total, desc="export", unit="tensor", disable=dist.get_rank() != 0)
+
     def weights() -> Any:
         for rows in _row_groups(arch):
             mine = [lp for row in rows for lp in local_names.get(row.mcore, [])]
@@ -322,25 +323,20 @@ def _mcore_to_hf_worker(
             request = {k: v for k, v in model.sharded_state_dict().items() if k in wanted}
             read_chunks(src, megatron_chunks(request))  # into the parameters, this rank only
             del request
-            yield from iter_hf_weights(model, rows=rows, bucket_bytes=0)  # TP gathers, PP broadcasts
+            item = None
+            for item in iter_hf_weights(model, rows=rows, bucket_bytes=0):  # TP gathers, PP broadcasts
+                bar.update()
+                yield item
+            del item  # nothing may keep the layer alive: the next one is read next
             for _, param in mine:  # forget the layer: fresh, never-touched memory in its place
                 param.data = torch.empty_like(param.data)
 
     if dist.get_rank() == 0:
-        from tqdm import tqdm
-
-        total = sum(len(r.hf) for r in weight_rows(arch))
-        write_hf_checkpoint(
-            tqdm(weights(), total=total, desc="export", unit="tensor"),
-            arch,
-            tmp_out,
-            source_dir=src,
-            max_shard_bytes=max_shard_bytes,
-            force=True,
-        )
+        write_hf_checkpoint(weights(), arch, tmp_out, source_dir=src, max_shard_bytes=max_shard_bytes, force=True)
     else:
-        for _ in weights():  # the loads and gathers are collective: every rank walks every row
+        for _ in weights():  # the gathers and broadcasts are collective: every rank walks every row
             pass
+    bar.close()
     dist.barrier()
     destroy_parallel()
     return _peak_rss()

@@ -134,6 +134,7 @@ def write_hf_checkpoint(
             shard.add(name, tensor)
             weight_map[name] = files[-1]
             total += nbytes
+            del tensor  # written: a streaming source may free it before producing the next
         if shard is not None:
             shard.finish()
         n = len(files)
