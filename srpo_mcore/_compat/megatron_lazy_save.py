@@ -9,8 +9,9 @@ the same on-disk format that ``dist_checkpointing.load`` reads) but writes with 
 The planner hands the model's (untouched, placeholder) tensor, with its checkpoint key and global
 offset, to ``produce``, which returns the bytes to store in its place. The writer keeps a
 reference to every tensor written into a file until that file is closed (torch 2.13
-``_write_files_from_queue``), so each tensor gets a file of its own (``single_file_per_rank=False``: a few hundred ``__<rank>_<n>.distcp`` files for a 7B
-model) and is freed once written; with ``per_thread_copy_ahead=0`` torch resolves tensors one at
+``_write_files_from_queue``), so each tensor gets a file of its own
+(``single_file_per_rank=False``: a few hundred ``__<rank>_<n>.distcp`` files for a 7B model) and
+is freed once written; with ``per_thread_copy_ahead=0`` torch resolves tensors one at
 a time on GPU machines too. Peak memory: about the largest tensor produced. Files are written
 without zip CRC32 records (``torch.serialization.set_crc32_options(False)`` for the call, restored
 after): the checksum halved ``torch.save`` throughput (1.2-1.7 -> 2.8 GB/s measured here) and
