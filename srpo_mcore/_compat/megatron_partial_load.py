@@ -10,7 +10,8 @@ module reads the chunks itself with PyTorch's DCP machinery:
   slice of the model's sharded state dict — Megatron's factories applied (the fused SwiGLU
   ``linear_fc1`` becomes its two halves, each a view of the parameter), stacked-layer axes
   prepended, exactly as Megatron's own save named and placed them.
-- ``read_chunks``: ``torch.distributed.checkpoint.load(no_dist=True)`` with a planner that asks
+- ``ChunkReader(dir).read(chunks)``: ``torch.distributed.checkpoint.load(no_dist=True)`` (the
+  checkpoint's metadata read once per reader, not once per call) with a planner that asks
   for each chunk by key and offset (``create_read_items_for_chunk_list``, DCP's own resharding),
   reading into the destination views in place. Shapes are checked against the checkpoint.
   A stored tensor that is a whole file of its own (what ``megatron_lazy_save`` writes) is read
@@ -117,22 +118,27 @@ def _read_whole(path: Any, stored: torch.Tensor, target: torch.Tensor) -> bool:
     offset = _raw_offset(path)
     if offset is None:
         return False
-    view = memoryview(target.view(-1).view(torch.uint8).numpy())
+    from srpo_mcore.checkpoint.hf_io import read_exact
+
     fd = os.open(path, os.O_RDONLY)
     try:
-        got = 0
-        while got < len(view):
-            n = os.preadv(fd, [view[got:]], offset + got)
-            if n == 0:
-                raise OSError(f"{path}: file ends inside its tensor")
-            got += n
+        if not read_exact(fd, memoryview(target.view(-1).view(torch.uint8).numpy()), offset):
+            raise OSError(f"{path}: file ends inside its tensor")
     finally:
         os.close(fd)
     return True
 
 
 class _MmapReader(FileSystemReader):
-    """DCP's file reader, reading a single-tensor file straight into its destination."""
+    """DCP's file reader, reading a single-tensor file straight into its destination; the
+    checkpoint's metadata is read once and kept."""
+
+    _metadata: Any = None
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        if self._metadata is None:
+            self._metadata = super().read_metadata(*args, **kwargs)
+        return self._metadata
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Any:
         from pathlib import Path
@@ -157,11 +163,17 @@ class _MmapReader(FileSystemReader):
         return super().read_data(dataclasses.replace(plan, items=rest), planner)
 
 
-def read_chunks(checkpoint_dir: str, chunks: Sequence[Chunk]) -> None:
-    """Fill every chunk's ``dest`` from the checkpoint (this rank only; no process group needed)."""
-    if not chunks:
-        return
-    planner = _ChunkPlanner(chunks)
-    state = {name: c.dest for name, c in planner.chunks.items()}
-    with torch.no_grad():
-        dcp_load(state, storage_reader=_MmapReader(checkpoint_dir), planner=planner, no_dist=True)
+class ChunkReader:
+    """Reads chunks of one checkpoint, call after call (this rank only; no process group needed)."""
+
+    def __init__(self, checkpoint_dir: str) -> None:
+        self._reader = _MmapReader(checkpoint_dir)
+
+    def read(self, chunks: Sequence[Chunk]) -> None:
+        """Fill every chunk's ``dest`` from the checkpoint."""
+        if not chunks:
+            return
+        planner = _ChunkPlanner(chunks)
+        state = {name: c.dest for name, c in planner.chunks.items()}
+        with torch.no_grad():
+            dcp_load(state, storage_reader=self._reader, planner=planner, no_dist=True)

@@ -216,12 +216,10 @@ def _hf_to_mcore_worker(hf_dir: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: 
     from megatron.core import dist_checkpointing
     from tqdm import tqdm
 
-    from srpo_mcore._compat.megatron_ckpt_queue import use_in_process_write_queue
     from srpo_mcore._compat.megatron_lazy_save import LazyTorchDistSaveStrategy
     from srpo_mcore.checkpoint.load_hf import hf_shard, rows_for_model
     from srpo_mcore.parallel.setup import destroy_parallel
 
-    use_in_process_write_queue()
     _reset_peak_rss()
     model = _build(arch, tp, pp, dtype)
     ckpt = HFCheckpoint(hf_dir)
@@ -254,19 +252,18 @@ def _reshard_worker(src: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dt
     import torch
     from megatron.core import dist_checkpointing
 
-    from srpo_mcore._compat.megatron_ckpt_queue import use_in_process_write_queue
     from srpo_mcore._compat.megatron_lazy_save import LazyTorchDistSaveStrategy
-    from srpo_mcore._compat.megatron_partial_load import Chunk, megatron_chunks, read_chunks
+    from srpo_mcore._compat.megatron_partial_load import Chunk, ChunkReader, megatron_chunks
     from srpo_mcore.parallel.setup import destroy_parallel
 
-    use_in_process_write_queue()
     _reset_peak_rss()
     model = _build(arch, tp, pp, dtype)
     shapes = {c.key: c.global_shape for c in megatron_chunks(model.sharded_state_dict())}
+    source = ChunkReader(src)
 
     def produce(placeholder: torch.Tensor, key: str, offset: tuple[int, ...]) -> torch.Tensor:
         out = torch.empty(placeholder.shape, dtype=placeholder.dtype)
-        read_chunks(src, [Chunk(key, offset, shapes[key], out)])
+        source.read([Chunk(key, offset, shapes[key], out)])
         return out
 
     dist_checkpointing.save(model.sharded_state_dict(), tmp, sharded_strategy=LazyTorchDistSaveStrategy(produce))
@@ -301,7 +298,7 @@ def _mcore_to_hf_worker(
     import torch.distributed as dist
     from tqdm import tqdm
 
-    from srpo_mcore._compat.megatron_partial_load import megatron_chunks, read_chunks
+    from srpo_mcore._compat.megatron_partial_load import ChunkReader, megatron_chunks
     from srpo_mcore.checkpoint.hf_export import write_hf_checkpoint
     from srpo_mcore.checkpoint.load_hf import rows_for_model
     from srpo_mcore.parallel.setup import destroy_parallel
@@ -313,6 +310,7 @@ def _mcore_to_hf_worker(
     for local, param, row in rows_for_model(model):
         local_names.setdefault(row.mcore, []).append((local, param))
 
+    source = ChunkReader(src)
     total = sum(len(r.hf) for r in weight_rows(arch))
     bar = tqdm(total=total, desc="export", unit="tensor", disable=dist.get_rank() != 0)
 
@@ -320,8 +318,9 @@ def _mcore_to_hf_worker(
         for rows in _row_groups(arch):
             mine = [lp for row in rows for lp in local_names.get(row.mcore, [])]
             wanted = {local for local, _ in mine}
+            # Rebuilt per layer: it must alias the layer's current (fresh) parameters, not released ones.
             request = {k: v for k, v in model.sharded_state_dict().items() if k in wanted}
-            read_chunks(src, megatron_chunks(request))  # into the parameters, this rank only
+            source.read(megatron_chunks(request))  # into the parameters, this rank only
             del request
             item = None
             for item in iter_hf_weights(model, rows=rows, bucket_bytes=0):  # TP gathers, PP broadcasts

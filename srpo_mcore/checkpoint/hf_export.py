@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from srpo_mcore.atomic_dir import atomic_dir
+from srpo_mcore.checkpoint.hf_io import DTYPES
 from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch
 
 SIDE_FILES = (
@@ -37,20 +38,7 @@ SIDE_FILES = (
 )
 
 
-SAFETENSORS_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
+SAFETENSORS_DTYPES = {dtype: name for name, dtype in DTYPES.items()}
 HEADER_RESERVE = 1 << 16
 """Bytes reserved for a shard's header (~150 bytes a tensor: ~400 tensors; a longer header costs a
 rewrite of the shard)."""

@@ -36,6 +36,17 @@ DTYPES = {
 }
 
 
+def read_exact(fd: int, view: memoryview, offset: int) -> bool:
+    """Fill `view` from `fd` at `offset` (pread returns short counts); False if the file ends first."""
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n == 0:
+            return False
+        got += n
+    return True
+
+
 class _File:
     """One safetensors file: its header, and positioned reads of its tensors."""
 
@@ -61,13 +72,8 @@ class _File:
         if self.fd is None:
             self.fd = os.open(self.path, os.O_RDONLY)
         buf = torch.empty(end - begin, dtype=torch.uint8)
-        view = memoryview(buf.numpy()).cast("B")
-        got = 0
-        while got < len(view):  # pread may return short counts
-            n = os.preadv(self.fd, [view[got:]], self.data_start + begin + got)
-            if n == 0:
-                raise ValueError(f"{self.path}: tensor {name!r} is cut short (file truncated while reading)")
-            got += n
+        if not read_exact(self.fd, memoryview(buf.numpy()), self.data_start + begin):
+            raise ValueError(f"{self.path}: tensor {name!r} is cut short (file truncated while reading)")
         return buf.view(dtype).reshape(entry["shape"])
 
     def close(self) -> None:

@@ -10,13 +10,13 @@ tensor and shapes when anything does not fit.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from megatron.core import parallel_state
 
 from srpo_mcore.checkpoint.hf_io import HFCheckpoint
 from srpo_mcore.checkpoint.transforms import tp_shard
+from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch
 from srpo_mcore.models.qwen2_5_vl.model import Qwen25VLModel
 from srpo_mcore.models.qwen2_5_vl.weight_map import WeightRow, canonical_name, global_name, to_mcore, weight_rows
 
@@ -37,7 +37,7 @@ def rows_for_model(model: Qwen25VLModel) -> list[tuple[str, torch.nn.Parameter, 
     return out
 
 
-def hf_shard(ckpt: HFCheckpoint, local: str, param: torch.Tensor, row: WeightRow, arch: Any) -> torch.Tensor:
+def hf_shard(ckpt: HFCheckpoint, local: str, param: torch.Tensor, row: WeightRow, arch: Qwen25VLArch) -> torch.Tensor:
     """This rank's TP shard of parameter `local`, built from its HF tensors, in the parameter's dtype."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()

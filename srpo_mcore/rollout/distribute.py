@@ -1,7 +1,7 @@
 """Data-parallel rollouts: split a batch of prompts across the engines, gather the samples back.
 
-Owns: ``shard_requests`` (contiguous, balanced chunks, one per engine), ``engine_of`` (which
-engine a rank feeds: blocks of ``ranks_per_engine`` consecutive ranks share one engine and submit
+Owns: ``shard_requests`` (contiguous, balanced chunks, one per engine), ``engine_count`` (the
+one check that ``parallel.rollout_tp`` divides the job), ``engine_of`` (which engine a rank feeds: blocks of ``ranks_per_engine`` consecutive ranks share one engine and submit
 the same chunk) and ``gather_samples`` (every rank receives all samples in the original prompt
 order, each engine's results counted once).
 """
@@ -27,11 +27,19 @@ def shard_requests[T](requests: Sequence[T], rank: int, world: int) -> list[T]:
     return list(requests[start:end])
 
 
+def engine_count(rollout_tp: int, world: int) -> int:
+    """How many rollout engines a job of `world` processes holds at `rollout_tp` ranks per engine."""
+    if rollout_tp < 1 or world % rollout_tp:
+        raise ValueError(
+            f"parallel.rollout_tp={rollout_tp} must divide the number of processes ({world}): each block of "
+            "rollout_tp consecutive ranks serves one vLLM engine"
+        )
+    return world // rollout_tp
+
+
 def engine_of(rank: int, world: int, ranks_per_engine: int = 1) -> tuple[int, int]:
     """(this rank's engine index, number of engines) when consecutive ranks share engines."""
-    if ranks_per_engine < 1 or world % ranks_per_engine:
-        raise ValueError(f"{ranks_per_engine} ranks per engine do not divide {world} ranks")
-    return rank // ranks_per_engine, world // ranks_per_engine
+    return rank // ranks_per_engine, engine_count(ranks_per_engine, world)
 
 
 def gather_samples(local: list[Any], group: Any = None, *, ranks_per_engine: int = 1) -> list[Any]:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from srpo_mcore.config import RolloutConfig
+from srpo_mcore.rollout.distribute import engine_count
 from srpo_mcore.rollout.types import RolloutRequest, RolloutSample
 
 VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -50,16 +51,6 @@ class RefitStats:
     @property
     def gb_per_s(self) -> float:
         return self.bytes / max(self.seconds, 1e-9) / 1e9
-
-
-def engine_count(rollout_tp: int, world: int) -> int:
-    """How many rollout engines a job of `world` processes holds at `rollout_tp` ranks per engine."""
-    if rollout_tp < 1 or world % rollout_tp:
-        raise ValueError(
-            f"parallel.rollout_tp={rollout_tp} must divide the number of processes ({world}): each block of "
-            "rollout_tp consecutive ranks serves one vLLM engine"
-        )
-    return world // rollout_tp
 
 
 class RolloutEngine:
