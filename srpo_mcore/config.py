@@ -172,8 +172,9 @@ class RolloutConfig:
     refit_bucket_mb: int = 512
     """Weights are gathered from the trainer and streamed into the engine in buckets of this size."""
     check: bool = False
-    """After every refit, compare the engine's logprobs on fresh greedy samples with the trainer's
-    and fail on a gap above ``check_tolerance`` (debugging; costs one extra generation)."""
+    """Debugging: after every refit compare the engine's parameters with the trainer's export bit
+    for bit (engines of rollout TP 1; costs a second gather), and every step fail when the engine's
+    logprobs of its sampled tokens differ from the trainer's by more than ``check_tolerance``."""
     check_tolerance: float = 1e-3
     """Largest allowed |engine - trainer| logprob in check mode."""
     replay_dir: str | None = None

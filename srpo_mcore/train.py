@@ -254,13 +254,40 @@ class GRPOTrainer(MegatronTrainer):
 
         start = time.perf_counter()
         self.engine.wake_up()
-        weights = iter_hf_weights(
-            self.model,
-            bucket_bytes=self.cfg.rollout.refit_bucket_mb * 2**20,
-            include_vision=not self.cfg.model.freeze_vision,
-        )
-        self.engine.update_weights(weights)
+        def weights():  # collective: every rank of the model walks it
+            return iter_hf_weights(
+                self.model,
+                bucket_bytes=self.cfg.rollout.refit_bucket_mb * 2**20,
+                include_vision=not self.cfg.model.freeze_vision,
+            )
+
+        self.engine.update_weights(weights())
+        if self.cfg.rollout.check:
+            self._check_engine_weights(weights())
         return time.perf_counter() - start
+
+    def _check_engine_weights(self, weights: Any) -> None:
+        """Check mode: the engine's parameters must equal the trainer's export bit for bit."""
+        from srpo_mcore.rollout.check import RefitCheckError
+
+        if self.engine.ranks_per_engine > 1:
+            log.warning(
+                "rollout.check: engine weights are not compared (parallel.rollout_tp=%d holds shards); "
+                "logprobs still are",
+                self.engine.ranks_per_engine,
+            )
+            return
+        found = self.engine.compare_weights(weights, partial=self.cfg.model.freeze_vision)
+        if not found.ok:
+            raise RefitCheckError(
+                f"rollout check after the refit of step {self.step}: engine weights != the trainer's export: "
+                f"{found.describe()}"
+            )
+        log.info(
+            "rollout check: engine weights equal the trainer's export (%d tensors, %.2f GB, bit for bit)",
+            found.tensors,
+            found.bytes / 1e9,
+        )
 
     def train_one_step(self) -> dict[str, float]:
         """Rollout -> reward -> advantages -> update -> refit for step ``self.step + 1``."""

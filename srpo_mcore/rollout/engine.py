@@ -12,9 +12,14 @@ Owns the engine's lifecycle inside a training process, generation and in-place w
   a job larger than one engine generate independently (no vLLM data parallelism, so no lock-step
   between engines). Every rank of a block must submit the same prompts. ``gpu_memory_utilization``
   leaves room for the trainer; sleep/wake frees the engine's memory between phases.
-- ``update_weights`` streams (HF name, tensor) pairs into the engine's model in place
-  (``reload_weights``) and then resets the prefix cache and the multimodal encoder cache, so no
-  request after a refit can see activations of the old weights.
+- ``update_weights`` streams (HF name, tensor) pairs into the engine's model in place and then
+  resets the prefix cache and the multimodal encoder cache, so no request after a refit can see
+  activations of the old weights. On CPU the engine keeps its linear weights in checkpoint layout
+  (``_compat.vllm_cpu_weights``), so a refit is the model's own ``load_weights`` copying into the
+  live parameters; on GPU it is vLLM's ``reload_weights`` (layer-wise, re-runs any kernel-specific
+  processing such as FP8 quantisation).
+- ``compare_weights`` reads the engine's parameters back and compares them bit for bit with an
+  export (check mode; engines holding whole tensors only).
 
 Does not own: where the weights come from (``refit``) or prompt construction (data).
 """
@@ -73,6 +78,9 @@ class RolloutEngine:
             if rollout_tp != 1:
                 raise ValueError("parallel.rollout_tp must be 1 on CPU (one in-process engine per trainer rank)")
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            from srpo_mcore._compat.vllm_cpu_weights import keep_checkpoint_layout
+
+            keep_checkpoint_layout()
         from vllm import LLM
 
         kwargs: dict[str, Any] = dict(
@@ -196,11 +204,32 @@ class RolloutEngine:
         level = reload_logger.level
         reload_logger.setLevel(logging.ERROR)
         try:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
+            if self.on_gpu:
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
+            else:  # plain parameters (see the module docstring): the loaders copy in place
+                self.llm.apply_model(lambda model: model.load_weights(counted()))
         finally:
             reload_logger.setLevel(level)
         self.reset_caches()
         return RefitStats(moved["tensors"], moved["bytes"], time.perf_counter() - start)
+
+    def compare_weights(self, weights: Iterable[tuple[str, torch.Tensor]], *, partial: bool = False) -> Any:
+        """The engine's parameters vs `weights` (HF names), bit for bit: a ``WeightComparison``.
+
+        Args:
+            partial: `weights` leave parts of the model out (frozen vision tower).
+
+        Raises:
+            NotImplementedError: the engine is tensor-parallel (its parameters are shards).
+        """
+        from srpo_mcore.rollout.engine_weights import compare_engine_weights
+
+        if self.ranks_per_engine > 1:
+            raise NotImplementedError(
+                "comparing engine weights needs whole tensors; this engine is tensor-parallel "
+                f"(parallel.rollout_tp={self.ranks_per_engine}): check mode compares logprobs only"
+            )
+        return self.llm.apply_model(lambda model: compare_engine_weights(model, weights, partial=partial))[0]
 
     def reset_caches(self) -> None:
         """Forget cached prefixes and encoder outputs computed with earlier weights."""

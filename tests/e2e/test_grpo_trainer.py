@@ -197,7 +197,10 @@ def test_reward_rises(setup) -> None:
 
 
 def test_check_mode_fails_loudly(setup) -> None:
-    """A tolerance below the engine-vs-trainer numerical gap must stop the run and say why."""
+    """Check mode compares the engine's weights after the refit (and passes); a tolerance below the
+    engine-vs-trainer numerical gap must stop the run and say why."""
+    out = run_train(_recipe(setup, "check-ok", train={"steps": 1}, rollout={"check": True}))
+    assert "rollout check: engine weights equal the trainer's export" in out, out[-3000:]
     recipe = _recipe(setup, "check", train={"steps": 1}, rollout={"check": True, "check_tolerance": 1e-12})
     with pytest.raises(AssertionError, match=r"engine vs trainer logprob gap .* > rollout.check_tolerance 1e-12"):
         run_train(recipe)

@@ -4,7 +4,8 @@ with the trainer at TP=2 and at PP=2; one in-process engine per rank).
 Each run: start an engine from the tiny HF checkpoint, check that the trainer's export of the
 untouched weights is bit-identical to the checkpoint, change the trainer's weights, refit the
 engine in place (streamed in small buckets), and compare (a) the engine's logprobs of its sampled
-tokens with the trainer's own logprobs (<= 1e-4, fp32) and (b) after the run, a fresh engine
+tokens with the trainer's own logprobs (<= 1e-4, fp32), (b) the engine's parameters with the
+trainer's export, bit for bit (all differ before the refit), and (c) after the run, a fresh engine
 started from the exported HF checkpoint: its greedy generations and logprobs must equal the
 refitted engine's exactly. The same prompts before and after the refit must give different,
 new-model outputs (no stale prefix or encoder cache).
@@ -131,7 +132,9 @@ def _worker(tp: int, pp: int, export_dir: str) -> dict:
     with torch.no_grad():  # a deterministic change, identical on ranks that replicate a tensor
         for p in model.parameters():
             p.add_(0.05 * torch.sin(1000.0 * p))
+    stale = engine.compare_weights(iter_hf_weights(model, bucket_bytes=64 * 1024))
     stats = engine.update_weights(iter_hf_weights(model, bucket_bytes=64 * 1024))
+    refitted = engine.compare_weights(iter_hf_weights(model, bucket_bytes=64 * 1024))
     after = engine.generate(requests, greedy=True)
     sampled = engine.generate(requests, n=1, seed=7)
     weights = list(iter_hf_weights(model))
@@ -148,6 +151,8 @@ def _worker(tp: int, pp: int, export_dir: str) -> dict:
         "engine_lp": [s[0].logprobs for s in sampled],
         "trainer_lp": trainer_lp,
         "refit_tensors": stats.tensors,
+        "stale": (len(stale.mismatched), stale.tensors),
+        "refitted": refitted.describe() if not refitted.ok else "",
     }
     dist.barrier()
     engine.close()
@@ -158,9 +163,13 @@ def _worker(tp: int, pp: int, export_dir: str) -> dict:
 def _fresh_engine(export_dir: str) -> dict:
     from srpo_mcore.rollout.engine import RolloutEngine
 
+    from srpo_mcore.checkpoint.hf_io import HFCheckpoint
+
     engine = RolloutEngine(export_dir, _rollout_cfg(), dtype="fp32", seed=0)
     out = engine.generate(_requests(Path(export_dir)), greedy=True)
-    return {"tokens": [s[0].token_ids for s in out], "lp": [s[0].logprobs for s in out]}
+    ckpt = HFCheckpoint(export_dir)
+    loaded = engine.compare_weights((n, ckpt.get(n)) for n in ckpt.names())
+    return {"tokens": [s[0].token_ids for s in out], "lp": [s[0].logprobs for s in out], "loaded": loaded.describe()}
 
 
 @pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2)], ids=["tp1", "tp2", "pp2"])
@@ -170,9 +179,12 @@ def test_refit_equals_fresh_engine_and_trainer(tp: int, pp: int, tmp_path: Path,
     results = run_distributed(_worker, tp * pp, tp, pp, export)
     (fresh,) = run_distributed(_fresh_engine, 1, export)
     n_tensors = len(__import__("srpo_mcore.checkpoint.hf_io", fromlist=["HFCheckpoint"]).HFCheckpoint(export).names())
+    assert fresh["loaded"] == f"{n_tensors} tensors equal", "vLLM's own loader is what the comparison expects"
     for r in results:
         assert r["untouched_equal"], f"rank {r['rank']}: export of the loaded weights is not the checkpoint"
         assert r["refit_tensors"] == n_tensors
+        assert r["stale"] == (n_tensors, n_tensors), "before the refit every changed tensor differs"
+        assert r["refitted"] == "", f"rank {r['rank']}: engine weights != the trainer's export: {r['refitted']}"
         assert r["after"] == fresh["tokens"], f"rank {r['rank']}: refitted engine != fresh engine on the export"
         assert r["after_lp"] == fresh["lp"], "logprobs of refitted and fresh engines are bitwise equal"
         assert r["before"] != r["after"], "the same prompts must change output after the refit (no stale cache)"
@@ -211,6 +223,16 @@ def _frozen_vision_worker() -> dict:
                 p.add_(0.05 * torch.sin(1000.0 * p))
     partial = engine.update_weights(iter_hf_weights(model, include_vision=False))
     after_partial = engine.generate(requests, greedy=True)[0][0]
+    partial_check = engine.compare_weights(iter_hf_weights(model, include_vision=False), partial=True)
+    whole = dict(iter_hf_weights(model))
+    whole_check = engine.compare_weights(whole.items())  # the frozen tower never changed
+    flipped = dict(whole)
+    victim = "model.layers.1.self_attn.k_proj.weight"
+    flipped[victim] = whole[victim].clone()
+    flipped[victim].view(-1)[7] = torch.nextafter(flipped[victim].view(-1)[7], torch.tensor(1.0))  # one ulp
+    flipped_check = engine.compare_weights(flipped.items())
+    dropped = {n: t for n, t in whole.items() if n != "model.layers.0.mlp.down_proj.weight"}
+    dropped_check = engine.compare_weights(dropped.items())
     full = engine.update_weights(iter_hf_weights(model))
     after_full = engine.generate(requests, greedy=True)[0][0]
     text_tensors = sum(len(r.hf) for r in weight_rows(arch) if not r.mcore.startswith("vision."))
@@ -221,6 +243,9 @@ def _frozen_vision_worker() -> dict:
         "full": full.tensors,
         "text_tensors": text_tensors,
         "same": (after_partial.token_ids, after_partial.logprobs) == (after_full.token_ids, after_full.logprobs),
+        "checks": [c.describe() for c in (partial_check, whole_check, flipped_check, dropped_check)],
+        "flipped": (flipped_check.mismatched, flipped_check.missing),
+        "dropped": (dropped_check.mismatched, dropped_check.missing),
     }
 
 
@@ -229,6 +254,12 @@ def test_frozen_vision_refit_moves_only_language_model_weights(tiny_checkpoint) 
     (r,) = run_distributed(_frozen_vision_worker, 1)
     assert r["partial"] == r["text_tensors"] < r["full"]
     assert r["same"], "a text-only refit serves the same model as a full refit when the vision tower is frozen"
+    partial, whole = r["checks"][:2]
+    assert partial == f"{r['text_tensors']} tensors equal", partial
+    assert whole == f"{r['full']} tensors equal", whole
+    # One ulp in one tensor is found and named; so is an engine parameter nothing was loaded into.
+    assert r["flipped"] == (["model.layers.1.self_attn.k_proj.weight"], [])
+    assert r["dropped"] == ([], ["language_model.model.layers.0.mlp.down_proj.weight"])
 
 
 def _seeded_batch_worker() -> dict:
