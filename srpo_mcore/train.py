@@ -22,7 +22,7 @@ Does not own: any of the pieces it calls (data, rollout, rewards, batching, loss
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -254,7 +254,8 @@ class GRPOTrainer(MegatronTrainer):
 
         start = time.perf_counter()
         self.engine.wake_up()
-        def weights():  # collective: every rank of the model walks it
+
+        def weights() -> Iterator[tuple[str, torch.Tensor]]:  # collective: every rank walks it
             return iter_hf_weights(
                 self.model,
                 bucket_bytes=self.cfg.rollout.refit_bucket_mb * 2**20,

@@ -93,7 +93,9 @@ def main() -> None:
     for name, gbs, sec in rows:
         print(f"| {name:<38} | {gbs:>6.2f} | {sec:>8.3f} |")
     print(f"refit reaches {rows[0][1] / rows[1][1]:.0%} of the memory-copy limit")
-    print(f"all runs (s): refit {' '.join(f'{t:.3f}' for t in times)}; memcpy {' '.join(f'{t:.3f}' for t in copy_times)}")
+    print(
+        f"all runs (s): refit {' '.join(f'{t:.3f}' for t in times)}; memcpy {' '.join(f'{t:.3f}' for t in copy_times)}"
+    )
 
     # Generation: the bridge vs HF generate on the tiny model.
     path = build_tiny_checkpoint("gqa")

@@ -161,9 +161,8 @@ def _worker(tp: int, pp: int, export_dir: str) -> dict:
 
 
 def _fresh_engine(export_dir: str) -> dict:
-    from srpo_mcore.rollout.engine import RolloutEngine
-
     from srpo_mcore.checkpoint.hf_io import HFCheckpoint
+    from srpo_mcore.rollout.engine import RolloutEngine
 
     engine = RolloutEngine(export_dir, _rollout_cfg(), dtype="fp32", seed=0)
     out = engine.generate(_requests(Path(export_dir)), greedy=True)

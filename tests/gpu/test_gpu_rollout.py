@@ -40,6 +40,7 @@ def _worker(export_dir: str) -> dict:
             p.add_(0.05 * torch.sin(1000.0 * p))
     engine.update_weights((n, t.cuda()) for n, t in iter_hf_weights(model))
     after = engine.generate(requests, greedy=True)
+    weights = engine.compare_weights(iter_hf_weights(model)).describe()
     write_hf_checkpoint(
         ((n, t.cpu()) for n, t in iter_hf_weights(model)), arch, export_dir, source_dir=path, force=True
     )
@@ -50,12 +51,14 @@ def _worker(export_dir: str) -> dict:
     return {
         "changed": [b[0].token_ids for b in before] != [a[0].token_ids for a in after],
         "same_as_fresh": [a[0].token_ids for a in after] == [f[0].token_ids for f in again],
+        "weights": weights,
     }
 
 
 def test_refit_on_gpu_matches_fresh_engine(tmp_path: Path) -> None:
     r = run_single(_worker, str(tmp_path / "export"))
     assert r["changed"] and r["same_as_fresh"], r
+    assert r["weights"].endswith("tensors equal"), f"engine weights after reload_weights: {r['weights']}"
 
 
 def _blocks_worker(path: str) -> dict:
