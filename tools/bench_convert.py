@@ -188,6 +188,10 @@ def main() -> None:
         f"checkpoint {total / 1e9:.2f} GB; the process itself (imports) {baseline / 1e9:.2f} GB "
         f"({os.cpu_count()} cores, {args.tp} rank(s))"
     )
+    print(
+        f"Megatron->HF copied {m2h_stats.get('copied_bytes', 0) / 1e9:.2f} GB file to file (stored raw, not rearranged); "
+        f"the rest was read and rewritten"
+    )
 
 
 def _rss() -> int:

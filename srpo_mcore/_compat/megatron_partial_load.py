@@ -103,19 +103,23 @@ def _raw_offset(path: Any) -> int | None:
     return info.header_offset + 30 + name_len + extra_len
 
 
+def _raw_record(path: Any, stored: torch.Tensor, dtype: torch.dtype, nbytes: int) -> int | None:
+    """Byte offset of `stored`'s data in `path` when the file holds exactly its `nbytes` of `dtype`, raw."""
+    if not (
+        stored.is_contiguous()
+        and stored.storage_offset() == 0
+        and stored.untyped_storage().nbytes() == stored.nbytes == nbytes
+        and stored.dtype == dtype
+    ):
+        return None
+    return _raw_offset(path)
+
+
 def _read_whole(path: Any, stored: torch.Tensor, target: torch.Tensor) -> bool:
     """Read a stored tensor's bytes straight into `target` (no mapping kept); False if not possible."""
     import os
 
-    if not (
-        stored.is_contiguous()
-        and target.is_contiguous()
-        and stored.storage_offset() == 0
-        and stored.untyped_storage().nbytes() == stored.nbytes == target.nbytes
-        and stored.dtype == target.dtype
-    ):
-        return False
-    offset = _raw_offset(path)
+    offset = _raw_record(path, stored, target.dtype, target.nbytes) if target.is_contiguous() else None
     if offset is None:
         return False
     from srpo_mcore.checkpoint.hf_io import read_exact
@@ -167,7 +171,34 @@ class ChunkReader:
     """Reads chunks of one checkpoint, call after call (this rank only; no process group needed)."""
 
     def __init__(self, checkpoint_dir: str) -> None:
+        self._dir = checkpoint_dir
         self._reader = _MmapReader(checkpoint_dir)
+
+    def stored_bytes(self, chunk: Chunk) -> tuple[str, int] | None:
+        """(file, byte offset) where the checkpoint keeps exactly `chunk`'s bytes, raw and in
+        order, when it stores that tensor as a file of its own (else None: read it instead)."""
+        from pathlib import Path
+
+        from torch.distributed.checkpoint.metadata import MetadataIndex
+
+        metadata = self._reader.read_metadata()
+        md = metadata.state_dict_metadata.get(chunk.key)
+        if not isinstance(md, TensorStorageMetadata) or tuple(md.size) != chunk.global_shape:
+            return None
+        if not any(tuple(c.offsets) == chunk.offset and tuple(c.sizes) == tuple(chunk.dest.shape) for c in md.chunks):
+            return None  # stored in other pieces than the one asked for
+        info = metadata.storage_data.get(MetadataIndex(chunk.key, torch.Size(chunk.offset)))
+        if info is None or info.offset != 0 or info.transform_descriptors:
+            return None
+        path = Path(self._dir) / info.relative_path
+        if info.length != path.stat().st_size:
+            return None
+        stored = torch.load(path, mmap=True, weights_only=True, map_location="cpu")  # pages untouched
+        if not isinstance(stored, torch.Tensor):
+            return None
+        offset = _raw_record(path, stored, chunk.dest.dtype, chunk.dest.nbytes)
+        del stored
+        return None if offset is None else (str(path), offset)
 
     def read(self, chunks: Sequence[Chunk]) -> None:
         """Fill every chunk's ``dest`` from the checkpoint."""

@@ -9,7 +9,8 @@ Owns the three conversions and their safety rules:
   loads it (resharding on load).
 - ``mcore_to_hf``: reads a Megatron checkpoint (as written here or by training) a layer at a time
   at a layout (``_compat.megatron_partial_load``), gathers each layer through the weight map and
-  streams it into HF safetensors shards of bounded size, written tensor by tensor.
+  streams it into HF safetensors shards of bounded size, written tensor by tensor; on one rank,
+  tensors the checkpoint stores raw and the weight map does not transform are copied file to file.
 - ``reshard_mcore``: Megatron checkpoint -> Megatron checkpoint at another TP x PP layout, each
   chunk read from the source as it is written.
 
@@ -151,7 +152,7 @@ def describe_checkpoint(
 # ---------------------------------------------------------------------------------------------
 
 
-def _on_ranks(fn: Callable[..., int], world: int, *args: Any) -> list[int]:
+def _on_ranks(fn: Callable[..., Any], world: int, *args: Any) -> list[Any]:
     """Run a worker on `world` ranks: spawned processes, or this process when one rank suffices
     and no process group is active here (saves starting an interpreter that imports torch and
     Megatron again). Returns the workers' results."""
@@ -285,14 +286,58 @@ def _row_groups(arch: Qwen25VLArch) -> list[list[Any]]:
     return groups
 
 
+def _stored_row(row: Any, param: Any, chunks: list[Any], source: Any, arch: Qwen25VLArch) -> list[Any] | None:
+    """`row`'s HF tensors as ``StoredTensor``s when each is a byte range of `param` that the
+    checkpoint keeps raw in files of its own (one-rank export: no gather; e.g. every "copy" row and
+    both halves of a SwiGLU fc1); None when any of them needs reading (interleaved QKV, shards).
+
+    Decided without touching memory: the weight map's transform runs on a meta tensor, and an
+    output that is a contiguous view of it is a byte range of the parameter.
+    """
+    import torch
+
+    from srpo_mcore.checkpoint.hf_export import StoredTensor
+    from srpo_mcore.models.qwen2_5_vl.weight_map import to_hf
+
+    size = param.element_size()
+    storage = param.untyped_storage().data_ptr()
+    pieces = []  # (first byte in the parameter, bytes, file, offset in the file)
+    for c in chunks:
+        if c.dest.untyped_storage().data_ptr() != storage:
+            continue
+        where = source.stored_bytes(c) if c.dest.is_contiguous() else None
+        if where is None:
+            return None
+        pieces.append(((c.dest.storage_offset() - param.storage_offset()) * size, c.dest.nbytes, *where))
+    pieces.sort()
+    meta = torch.empty(param.shape, dtype=param.dtype, device="meta")
+    out = []
+    for name, t in to_hf(row, meta, arch):
+        if not (t is meta or t._base is meta) or not t.is_contiguous():
+            return None
+        start, end = t.storage_offset() * size, (t.storage_offset() + t.numel()) * size
+        segments = []
+        for first, nbytes, path, offset in pieces:
+            lo, hi = max(start, first), min(end, first + nbytes)
+            if lo < hi:
+                segments.append((path, offset + lo - first, hi - lo))
+        if sum(n for _, _, n in segments) != end - start:
+            return None  # part of it is not stored raw
+        out.append((name, StoredTensor(t.dtype, tuple(t.shape), tuple(segments))))
+    return out
+
+
 def _mcore_to_hf_worker(
     src: str, tmp_out: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str, max_shard_bytes: int
-) -> int:
+) -> tuple[int, int]:
     """Export a layer at a time: load its shards from the checkpoint, gather, write, forget.
 
     The model is built uninitialised; each layer's parameters are loaded from the checkpoint just
     before they are exported and replaced by untouched memory afterwards, so a rank holds about
-    one layer (plus the tensors being written), never its whole shard.
+    one layer (plus the tensors being written), never its whole shard. A one-rank export does not
+    read what it need not transform: an HF tensor that the checkpoint already stores raw (a whole
+    tensor file, as ``hf_to_mcore`` writes them) is copied file to file (``_stored_row``).
+    Returns (peak RSS, bytes copied file to file).
     """
     import torch
     import torch.distributed as dist
@@ -313,6 +358,8 @@ def _mcore_to_hf_worker(
     source = ChunkReader(src)
     total = sum(len(r.hf) for r in weight_rows(arch))
     bar = tqdm(total=total, desc="export", unit="tensor", disable=dist.get_rank() != 0)
+    one_rank = dist.get_world_size() == 1  # with more, every row is gathered collectively
+    copied = [0]
 
     def weights() -> Any:
         for rows in _row_groups(arch):
@@ -320,13 +367,24 @@ def _mcore_to_hf_worker(
             wanted = {local for local, _ in mine}
             # Rebuilt per layer: it must alias the layer's current (fresh) parameters, not released ones.
             request = {k: v for k, v in model.sharded_state_dict().items() if k in wanted}
-            source.read(megatron_chunks(request))  # into the parameters, this rank only
+            chunks = megatron_chunks(request)
             del request
-            item = None
-            for item in iter_hf_weights(model, rows=rows, bucket_bytes=0):  # TP gathers, PP broadcasts
-                bar.update()
-                yield item
-            del item  # nothing may keep the layer alive: the next one is read next
+            stored = {}
+            if one_rank:
+                for row in rows:
+                    found = _stored_row(row, local_names[row.mcore][0][1], chunks, source, arch)
+                    if found is not None:
+                        stored[row.mcore] = found
+                        copied[0] += sum(t.nbytes for _, t in found)
+            skip = {p.untyped_storage().data_ptr() for row in stored for _, p in local_names[row]}
+            source.read([c for c in chunks if c.dest.untyped_storage().data_ptr() not in skip])  # this rank only
+            del chunks
+            for row in rows:
+                item = None
+                for item in stored.get(row.mcore) or iter_hf_weights(model, rows=[row], bucket_bytes=0):
+                    bar.update()
+                    yield item  # TP gathers, PP broadcasts above
+                del item  # nothing may keep the layer alive: the next one is read next
             for _, param in mine:  # forget the layer: fresh, never-touched memory in its place
                 param.data = torch.empty_like(param.data)
 
@@ -338,7 +396,7 @@ def _mcore_to_hf_worker(
     bar.close()
     dist.barrier()
     destroy_parallel()
-    return _peak_rss()
+    return _peak_rss(), copied[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,7 +467,8 @@ def mcore_to_hf(
 ) -> Path:
     """Export a Megatron checkpoint as an HF checkpoint (loading it at TP x PP ranks).
 
-    `stats`, when given, receives ``peak_rss_bytes`` of the largest rank process.
+    `stats`, when given, receives ``peak_rss_bytes`` of the largest rank process and
+    ``copied_bytes``, the tensor bytes copied file to file instead of being read and written.
     """
     src = Path(src)
     meta = read_meta(src)
@@ -417,10 +476,11 @@ def mcore_to_hf(
     check_layout(arch, tp, pp)
 
     def write(tmp: Path) -> None:
-        peaks = _on_ranks(
+        results = _on_ranks(
             _mcore_to_hf_worker, tp * pp, str(src), str(tmp), arch, tp, pp, meta["dtype"], max_shard_bytes
         )
         if stats is not None:
-            stats["peak_rss_bytes"] = max(peaks)
+            stats["peak_rss_bytes"] = max(peak for peak, _ in results)
+            stats["copied_bytes"] = sum(copied for _, copied in results)
 
     return _atomically(Path(out), force, write)

@@ -7,6 +7,8 @@ interrupted export leaves no checkpoint-looking directory) — and ``ShardWriter
 safetensors file a tensor at a time: each tensor's bytes go to disk as it arrives, and the header
 (whose length the format puts first) is written last into space reserved at the start and padded
 with spaces, as the safetensors format allows. An export holds one tensor, not one shard.
+A ``StoredTensor`` (bytes already on disk, e.g. a Megatron checkpoint's tensor file) is copied
+file to file (``checkpoint.stored``) and never read into memory.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from srpo_mcore.atomic_dir import atomic_dir
 from srpo_mcore.checkpoint.hf_io import DTYPES
+from srpo_mcore.checkpoint.stored import StoredTensor, nbytes
 from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch
 
 SIDE_FILES = (
@@ -55,14 +58,21 @@ class ShardWriter:
         self.file = open(path, "wb")  # noqa: SIM115 - closed in finish()
         self.file.write(b"\0" * (8 + reserve))
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
+    def add(self, name: str, tensor: torch.Tensor | StoredTensor) -> None:
         if name in self.entries:
             raise ValueError(f"{self.path}: tensor {name!r} written twice")
         if tensor.dtype not in SAFETENSORS_DTYPES:
             raise ValueError(f"{name}: dtype {tensor.dtype} cannot be stored in safetensors")
-        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-        self.file.write(memoryview(data.numpy()))
-        end = self.size + data.numel()
+        if isinstance(tensor, StoredTensor):
+            self.file.flush()
+            at = 8 + self.reserve + self.size
+            tensor.write_to(self.file.fileno(), at)
+            self.file.seek(at + tensor.nbytes)
+            end = self.size + tensor.nbytes
+        else:
+            data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+            self.file.write(memoryview(data.numpy()))
+            end = self.size + data.numel()
         self.entries[name] = {
             "dtype": SAFETENSORS_DTYPES[tensor.dtype],
             "shape": list(tensor.shape),
@@ -90,7 +100,7 @@ class ShardWriter:
 
 
 def write_hf_checkpoint(
-    weights: Iterable[tuple[str, torch.Tensor]],
+    weights: Iterable[tuple[str, torch.Tensor | StoredTensor]],
     arch: Qwen25VLArch,
     out_dir: str | Path,
     *,
@@ -112,8 +122,8 @@ def write_hf_checkpoint(
         shard: ShardWriter | None = None
         total = 0
         for name, tensor in weights:
-            nbytes = tensor.numel() * tensor.element_size()
-            if shard is not None and shard.size and shard.size + nbytes > max_shard_bytes:
+            size = nbytes(tensor)
+            if shard is not None and shard.size and shard.size + size > max_shard_bytes:
                 shard.finish()
                 shard = None
             if shard is None:
@@ -121,7 +131,7 @@ def write_hf_checkpoint(
                 shard = ShardWriter(tmp / files[-1])
             shard.add(name, tensor)
             weight_map[name] = files[-1]
-            total += nbytes
+            total += size
             del tensor  # written: a streaming source may free it before producing the next
         if shard is not None:
             shard.finish()

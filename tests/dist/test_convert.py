@@ -57,6 +57,24 @@ def test_round_trip_bit_exact(name: str, dtype: str, tp: int, pp: int, tmp_path:
         assert_same_checkpoint(src, mcore_to_hf(flat, tmp_path / "hf-tp1", tp=1, pp=2))
 
 
+@pytest.mark.parametrize("name,dtype", [("gqa", "fp32"), ("tied", "bf16")])
+def test_one_rank_export_copies_stored_tensors(name: str, dtype: str, tmp_path: Path, tiny_checkpoint) -> None:
+    """TP1 -> HF on one rank: every tensor the weight map does not rearrange is copied file to file
+    (not read), the attention QKV is read and split; the result is still the original, bit for bit."""
+    src = tiny_checkpoint(name)
+    if dtype == "bf16":
+        src = bf16_copy(src, tmp_path / "src-bf16")
+    mcore = hf_to_mcore(src, tmp_path / "mcore", tp=1, pp=1, dtype=dtype)
+    stats: dict[str, int] = {}
+    out = mcore_to_hf(mcore, tmp_path / "hf", max_shard_bytes=300_000, stats=stats)  # several shards
+    assert_same_checkpoint(src, out)
+    ckpt = HFCheckpoint(src)
+    interleaved = ("q_proj", "k_proj", "v_proj", "attn.qkv")  # GQA groups / vision heads: rearranged
+    sizes = {n: ckpt.get(n).nbytes for n in ckpt.names()}
+    expected = sum(b for n, b in sizes.items() if not any(k in n for k in interleaved))
+    assert 0 < stats["copied_bytes"] == expected < sum(sizes.values())
+
+
 def _logits_worker(mcore_dir: str, hf_dir: str) -> float:
     from megatron.core import dist_checkpointing, tensor_parallel
     from transformers import AutoModelForImageTextToText

@@ -89,3 +89,43 @@ def test_shard_writer_round_trips_through_safetensors(tmp_path: Path, reserve: i
         assert back[k].dtype == t.dtype and back[k].shape == t.shape, k
         assert torch.equal(back[k].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)), k
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors"]
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "fallback"])
+def test_shard_writer_copies_stored_bytes(tmp_path: Path, monkeypatch, kernel_copy: bool) -> None:
+    """A StoredTensor's bytes (pieces of other files) land in the shard between ordinary tensors;
+    where the kernel cannot copy between the files, they are copied through memory."""
+    import errno
+    import os
+
+    from srpo_mcore.checkpoint.hf_export import ShardWriter
+    from srpo_mcore.checkpoint.stored import StoredTensor
+
+    if not kernel_copy:
+
+        def refuse(*_args: object) -> int:
+            raise OSError(errno.EXDEV, "cross-device copy")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    ts = tensors()
+    blob = torch.arange(1000, dtype=torch.float32)
+    (tmp_path / "blob.bin").write_bytes(b"junk" + blob.numpy().tobytes())
+    w = ShardWriter(tmp_path / "s.safetensors")
+    w.add("first", ts["a.bf16"])
+    # rows 2..3 of a [4, 250] tensor, then row 0: two pieces of the blob, 4 bytes into the file
+    stored = StoredTensor(
+        torch.float32,
+        (3, 250),
+        ((str(tmp_path / "blob.bin"), 4 + 2 * 1000, 2000), (str(tmp_path / "blob.bin"), 4, 1000)),
+    )
+    w.add("stored", stored)
+    w.add("last", ts["b.fp32"])
+    w.finish()
+    back = load_file(str(tmp_path / "s.safetensors"))
+    rows = blob.view(4, 250)
+    assert torch.equal(back["stored"], torch.cat([rows[2:4], rows[0:1]]))
+    assert torch.equal(back["first"], ts["a.bf16"]) and torch.equal(back["last"], ts["b.fp32"])
+    bad = StoredTensor(torch.float32, (2000,), ((str(tmp_path / "blob.bin"), 4, 8000),))  # past the end
+    w2 = ShardWriter(tmp_path / "t.safetensors")
+    with pytest.raises(OSError, match="blob.bin: file ends"):
+        w2.add("bad", bad)

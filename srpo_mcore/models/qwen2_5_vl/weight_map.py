@@ -140,6 +140,25 @@ def to_hf(row: WeightRow, full: torch.Tensor, arch: Qwen25VLArch) -> list[tuple[
     return list(zip(row.hf, parts))
 
 
+def hf_byte_ranges(
+    row: WeightRow, shape: tuple[int, ...], dtype: torch.dtype, arch: Qwen25VLArch
+) -> list[tuple[str, int, int]] | None:
+    """Where each HF tensor of `row` lies in the full Megatron tensor's bytes: (HF name, first
+    byte, bytes), when every one of them is a contiguous run of those bytes ("copy" rows, the two
+    halves of a SwiGLU fc1, the patch embedding); None when the row rearranges them (QKV).
+
+    Found by running `to_hf` on a meta tensor: no memory is touched.
+    """
+    full = torch.empty(shape, dtype=dtype, device="meta")
+    size = full.element_size()
+    out = []
+    for name, t in to_hf(row, full, arch):
+        if not (t is full or t._base is full) or not t.is_contiguous():
+            return None
+        out.append((name, t.storage_offset() * size, t.numel() * size))
+    return out
+
+
 # Transformer Engine fuses the pre-attention/pre-MLP norms into the following linear layers.
 _TE_NORMS = {
     ".self_attention.linear_qkv.layer_norm_weight": ".input_layernorm.weight",
