@@ -77,7 +77,9 @@ class _ProducingWriter(FileSystemWriter):
             if item.type != WriteItemType.BYTE_IO:
                 self._fill(path, data, item.index)
             length = path.stat().st_size
-            results.append(WriteResult(index=item.index, size_in_bytes=length, storage_data=_StorageInfo(name, 0, length)))
+            results.append(
+                WriteResult(index=item.index, size_in_bytes=length, storage_data=_StorageInfo(name, 0, length))
+            )
         future: Future[list[WriteResult]] = Future()
         future.set_result(results)
         return future

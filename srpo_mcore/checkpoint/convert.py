@@ -5,7 +5,8 @@ Owns the three conversions and their safety rules:
 - ``hf_to_mcore``: one process per TP x PP rank (the calling process itself when there is one)
   builds its model shard uninitialised and writes a Megatron-Core distributed checkpoint
   (``torch_dist``), each tensor read from the HF files, transformed through the weight map and
-  cut to the rank's shard just before it is written (``_compat.megatron_lazy_save``). Any layout
+  cut to the rank's shard just before it is written (``_compat.megatron_lazy_save``) — or, where
+  the HF files already hold its bytes raw (TP=1, not rearranged), copied file to file. Any layout
   loads it (resharding on load).
 - ``mcore_to_hf``: reads a Megatron checkpoint (as written here or by training) a layer at a time
   at a layout (``_compat.megatron_partial_load``), gathers each layer through the weight map and
@@ -206,11 +207,13 @@ def _build(arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> Any:
     return Qwen25VLModel(arch, ModelLayout(tp=tp, pp=pp, dtype=dtype, init_weights=False))
 
 
-def _hf_to_mcore_worker(hf_dir: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> int:
-    """Stream this rank's shard: each tensor is read from the HF files, cut and written in turn.
+def _hf_to_mcore_worker(hf_dir: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> tuple[int, int]:
+    """Stream this rank's shard: each tensor is read from the HF files, cut and written in turn;
+    at TP=1 a tensor the HF files hold raw (not rearranged, same dtype) is copied file to file.
 
     The model is built uninitialised (its parameters are never touched, so they cost no memory);
     it only supplies the checkpoint's layout. Peak memory is about one full weight-map row.
+    Returns (peak RSS, bytes copied file to file).
     """
     import torch
     import torch.distributed as dist
@@ -219,6 +222,8 @@ def _hf_to_mcore_worker(hf_dir: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: 
 
     from srpo_mcore._compat.megatron_lazy_save import LazyTorchDistSaveStrategy
     from srpo_mcore.checkpoint.load_hf import hf_shard, rows_for_model
+    from srpo_mcore.checkpoint.stored import StoredTensor, segments_of
+    from srpo_mcore.models.qwen2_5_vl.weight_map import hf_byte_ranges
     from srpo_mcore.parallel.setup import destroy_parallel
 
     _reset_peak_rss()
@@ -227,14 +232,38 @@ def _hf_to_mcore_worker(hf_dir: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: 
     by_storage = {p.untyped_storage().data_ptr(): (local, p, row) for local, p, row in rows_for_model(model)}
     bar = tqdm(total=len(by_storage), desc="convert", unit="tensor", disable=dist.get_rank() != 0)
     last: dict[int, torch.Tensor] = {}  # the last parameter produced (fused fc1 is saved as two halves)
+    done: set[int] = set()  # parameters copied file to file (for the progress bar)
+    copied = [0]
+
+    def in_hf_files(placeholder: torch.Tensor, param: Any, row: Any) -> StoredTensor | None:
+        """`placeholder`'s bytes as segments of the HF files, when they are stored there raw."""
+        if tp != 1 or not placeholder.is_contiguous():
+            return None  # a TP shard is not a byte range of the full tensor
+        ranges = hf_byte_ranges(row, tuple(param.shape), param.dtype, arch)
+        pieces = []
+        for name, first, nbytes, _ in ranges or ():
+            path, offset, stored, dtype = ckpt.location(name)
+            if dtype != param.dtype or stored != nbytes:
+                return None  # converted on the way (e.g. bf16 -> fp32)
+            pieces.append((first, nbytes, path, offset))
+        start = (placeholder.storage_offset() - param.storage_offset()) * param.element_size()
+        segments = segments_of(start, start + placeholder.nbytes, pieces) if ranges else None
+        return None if segments is None else StoredTensor(placeholder.dtype, tuple(placeholder.shape), segments)
 
     @torch.no_grad()
-    def produce(placeholder: torch.Tensor, key: str, _offset: tuple[int, ...]) -> torch.Tensor:
+    def produce(placeholder: torch.Tensor, key: str, _offset: tuple[int, ...]) -> torch.Tensor | StoredTensor:
         """The bytes of `placeholder`: a parameter, or a view of one (a layer's (1, ...) view, a half)."""
         ptr = placeholder.untyped_storage().data_ptr()
         if ptr not in by_storage:
             raise KeyError(f"{key}: checkpoint tensor of shape {tuple(placeholder.shape)} is no model parameter")
         local, param, row = by_storage[ptr]
+        stored = in_hf_files(placeholder, param, row)
+        if stored is not None:
+            copied[0] += stored.nbytes
+            if ptr not in done:
+                done.add(ptr)
+                bar.update()
+            return stored
         if ptr not in last:
             last.clear()
             last[ptr] = hf_shard(ckpt, local, param, row, arch).contiguous()
@@ -245,7 +274,7 @@ def _hf_to_mcore_worker(hf_dir: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: 
     dist_checkpointing.save(model.sharded_state_dict(), tmp, sharded_strategy=LazyTorchDistSaveStrategy(produce))
     bar.close()
     destroy_parallel()
-    return _peak_rss()
+    return _peak_rss(), copied[0]
 
 
 def _reshard_worker(src: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str) -> int:
@@ -255,6 +284,7 @@ def _reshard_worker(src: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dt
 
     from srpo_mcore._compat.megatron_lazy_save import LazyTorchDistSaveStrategy
     from srpo_mcore._compat.megatron_partial_load import Chunk, ChunkReader, megatron_chunks
+    from srpo_mcore.checkpoint.stored import StoredTensor
     from srpo_mcore.parallel.setup import destroy_parallel
 
     _reset_peak_rss()
@@ -262,9 +292,13 @@ def _reshard_worker(src: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: int, dt
     shapes = {c.key: c.global_shape for c in megatron_chunks(model.sharded_state_dict())}
     source = ChunkReader(src)
 
-    def produce(placeholder: torch.Tensor, key: str, offset: tuple[int, ...]) -> torch.Tensor:
-        out = torch.empty(placeholder.shape, dtype=placeholder.dtype)
-        source.read([Chunk(key, offset, shapes[key], out)])
+    def produce(placeholder: torch.Tensor, key: str, offset: tuple[int, ...]) -> torch.Tensor | StoredTensor:
+        out = torch.empty(placeholder.shape, dtype=placeholder.dtype)  # untouched unless read into
+        chunk = Chunk(key, offset, shapes[key], out)
+        where = source.stored_bytes(chunk)
+        if where is not None:  # the source keeps exactly this chunk raw: copy it file to file
+            return StoredTensor(out.dtype, tuple(out.shape), ((where[0], where[1], out.nbytes),))
+        source.read([chunk])
         return out
 
     dist_checkpointing.save(model.sharded_state_dict(), tmp, sharded_strategy=LazyTorchDistSaveStrategy(produce))
@@ -287,20 +321,16 @@ def _row_groups(arch: Qwen25VLArch) -> list[list[Any]]:
 
 
 def _stored_row(row: Any, param: Any, chunks: list[Any], source: Any, arch: Qwen25VLArch) -> list[Any] | None:
-    """`row`'s HF tensors as ``StoredTensor``s when each is a byte range of `param` that the
-    checkpoint keeps raw in files of its own (one-rank export: no gather; e.g. every "copy" row and
-    both halves of a SwiGLU fc1); None when any of them needs reading (interleaved QKV, shards).
+    """`row`'s HF tensors as ``StoredTensor``s when each is a byte range of `param` (one-rank
+    export: the full tensor) that the checkpoint keeps raw in files of its own — every "copy" row
+    and both halves of a SwiGLU fc1; None when any of them must be read (interleaved QKV, shards)."""
+    from srpo_mcore.checkpoint.stored import StoredTensor, segments_of
+    from srpo_mcore.models.qwen2_5_vl.weight_map import hf_byte_ranges
 
-    Decided without touching memory: the weight map's transform runs on a meta tensor, and an
-    output that is a contiguous view of it is a byte range of the parameter.
-    """
-    import torch
-
-    from srpo_mcore.checkpoint.hf_export import StoredTensor
-    from srpo_mcore.models.qwen2_5_vl.weight_map import to_hf
-
-    size = param.element_size()
-    storage = param.untyped_storage().data_ptr()
+    ranges = hf_byte_ranges(row, tuple(param.shape), param.dtype, arch)
+    if ranges is None:
+        return None
+    size, storage = param.element_size(), param.untyped_storage().data_ptr()
     pieces = []  # (first byte in the parameter, bytes, file, offset in the file)
     for c in chunks:
         if c.dest.untyped_storage().data_ptr() != storage:
@@ -309,21 +339,12 @@ def _stored_row(row: Any, param: Any, chunks: list[Any], source: Any, arch: Qwen
         if where is None:
             return None
         pieces.append(((c.dest.storage_offset() - param.storage_offset()) * size, c.dest.nbytes, *where))
-    pieces.sort()
-    meta = torch.empty(param.shape, dtype=param.dtype, device="meta")
     out = []
-    for name, t in to_hf(row, meta, arch):
-        if not (t is meta or t._base is meta) or not t.is_contiguous():
-            return None
-        start, end = t.storage_offset() * size, (t.storage_offset() + t.numel()) * size
-        segments = []
-        for first, nbytes, path, offset in pieces:
-            lo, hi = max(start, first), min(end, first + nbytes)
-            if lo < hi:
-                segments.append((path, offset + lo - first, hi - lo))
-        if sum(n for _, _, n in segments) != end - start:
+    for name, start, nbytes, shape in ranges:
+        segments = segments_of(start, start + nbytes, pieces)
+        if segments is None:
             return None  # part of it is not stored raw
-        out.append((name, StoredTensor(t.dtype, tuple(t.shape), tuple(segments))))
+        out.append((name, StoredTensor(param.dtype, shape, segments)))
     return out
 
 
@@ -424,16 +445,18 @@ def hf_to_mcore(
 ) -> Path:
     """Convert an HF Qwen2.5-VL checkpoint into a Megatron-Core distributed checkpoint.
 
-    `stats`, when given, receives ``peak_rss_bytes`` of the largest rank process.
+    `stats`, when given, receives ``peak_rss_bytes`` of the largest rank process and
+    ``copied_bytes``, the tensor bytes copied file to file instead of being read and written.
     """
     hf_dir = Path(hf_dir)
     arch, _ = read_hf_source(hf_dir)
     check_layout(arch, tp, pp)
 
     def write(tmp: Path) -> None:
-        peaks = _on_ranks(_hf_to_mcore_worker, tp * pp, str(hf_dir), str(tmp), arch, tp, pp, dtype)
+        results = _on_ranks(_hf_to_mcore_worker, tp * pp, str(hf_dir), str(tmp), arch, tp, pp, dtype)
         if stats is not None:
-            stats["peak_rss_bytes"] = max(peaks)
+            stats["peak_rss_bytes"] = max(peak for peak, _ in results)
+            stats["copied_bytes"] = sum(copied for _, copied in results)
         _copy_side_files(hf_dir, tmp)
         _write_meta(tmp, arch, dtype, tp, pp)
 

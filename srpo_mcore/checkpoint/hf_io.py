@@ -127,6 +127,17 @@ class HFCheckpoint:
         except OSError as e:
             raise ValueError(f"{file.path}: cannot read tensor {name!r} ({e})") from e
 
+    def location(self, name: str) -> tuple[str, int, int, torch.dtype]:
+        """(file, byte offset, bytes, dtype) of tensor `name`'s raw data, without reading it."""
+        if name not in self._where:
+            raise KeyError(f"{self.path}: checkpoint has no tensor {name!r}")
+        file = self._file(self._where[name])
+        entry = file.header.get(name)
+        if entry is None or entry["dtype"] not in DTYPES:
+            raise ValueError(f"{file.path}: cannot locate tensor {name!r}")
+        begin, end = entry["data_offsets"]
+        return str(file.path), file.data_start + begin, end - begin, DTYPES[entry["dtype"]]
+
     def close(self) -> None:
         for f in self._files.values():
             f.close()

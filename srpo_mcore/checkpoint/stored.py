@@ -35,6 +35,19 @@ class StoredTensor:
             offset += nbytes
 
 
+def segments_of(
+    start: int, end: int, pieces: list[tuple[int, int, str, int]]
+) -> tuple[tuple[str, int, int], ...] | None:
+    """The file segments holding bytes [start, end) of a tensor whose bytes are laid out in
+    `pieces` of (first byte, bytes, file, offset in the file); None if some byte is in none."""
+    segments = []
+    for first, size, path, offset in sorted(pieces):
+        lo, hi = max(start, first), min(end, first + size)
+        if lo < hi:
+            segments.append((path, offset + lo - first, hi - lo))
+    return tuple(segments) if sum(n for _, _, n in segments) == end - start else None
+
+
 def nbytes(tensor: torch.Tensor | StoredTensor) -> int:
     return tensor.nbytes if isinstance(tensor, StoredTensor) else tensor.numel() * tensor.element_size()
 

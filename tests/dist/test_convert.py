@@ -59,20 +59,27 @@ def test_round_trip_bit_exact(name: str, dtype: str, tp: int, pp: int, tmp_path:
 
 @pytest.mark.parametrize("name,dtype", [("gqa", "fp32"), ("tied", "bf16")])
 def test_one_rank_export_copies_stored_tensors(name: str, dtype: str, tmp_path: Path, tiny_checkpoint) -> None:
-    """TP1 -> HF on one rank: every tensor the weight map does not rearrange is copied file to file
-    (not read), the attention QKV is read and split; the result is still the original, bit for bit."""
+    """HF -> TP1 -> HF on one rank (and TP1 -> TP1 resharding): every tensor the weight map does not
+    rearrange is copied file to file, not read; the attention QKV is read and rearranged; the
+    result is still the original, bit for bit."""
     src = tiny_checkpoint(name)
     if dtype == "bf16":
         src = bf16_copy(src, tmp_path / "src-bf16")
-    mcore = hf_to_mcore(src, tmp_path / "mcore", tp=1, pp=1, dtype=dtype)
-    stats: dict[str, int] = {}
-    out = mcore_to_hf(mcore, tmp_path / "hf", max_shard_bytes=300_000, stats=stats)  # several shards
+    h2m: dict[str, int] = {}
+    mcore = hf_to_mcore(src, tmp_path / "mcore", tp=1, pp=1, dtype=dtype, stats=h2m)
+    m2h: dict[str, int] = {}
+    out = mcore_to_hf(mcore, tmp_path / "hf", max_shard_bytes=300_000, stats=m2h)  # several shards
     assert_same_checkpoint(src, out)
+    flat = reshard_mcore(mcore, tmp_path / "mcore-again", tp=1, pp=1)  # every chunk copied as stored
+    assert_same_checkpoint(src, mcore_to_hf(flat, tmp_path / "hf-again"))
     ckpt = HFCheckpoint(src)
     interleaved = ("q_proj", "k_proj", "v_proj", "attn.qkv")  # GQA groups / vision heads: rearranged
     sizes = {n: ckpt.get(n).nbytes for n in ckpt.names()}
     expected = sum(b for n, b in sizes.items() if not any(k in n for k in interleaved))
-    assert 0 < stats["copied_bytes"] == expected < sum(sizes.values())
+    assert 0 < m2h["copied_bytes"] == h2m["copied_bytes"] == expected < sum(sizes.values())
+    if dtype == "bf16":  # converted to fp32 on the way: nothing can be copied
+        hf_to_mcore(src, tmp_path / "mcore-fp32", tp=1, pp=1, dtype="fp32", stats=h2m)
+        assert h2m["copied_bytes"] == 0
 
 
 def _logits_worker(mcore_dir: str, hf_dir: str) -> float:

@@ -127,5 +127,5 @@ def test_shard_writer_copies_stored_bytes(tmp_path: Path, monkeypatch, kernel_co
     assert torch.equal(back["first"], ts["a.bf16"]) and torch.equal(back["last"], ts["b.fp32"])
     bad = StoredTensor(torch.float32, (2000,), ((str(tmp_path / "blob.bin"), 4, 8000),))  # past the end
     w2 = ShardWriter(tmp_path / "t.safetensors")
-    with pytest.raises(OSError, match="blob.bin: file ends"):
+    with pytest.raises(OSError, match=r"blob\.bin: file ends"):
         w2.add("bad", bad)

@@ -142,10 +142,10 @@ def to_hf(row: WeightRow, full: torch.Tensor, arch: Qwen25VLArch) -> list[tuple[
 
 def hf_byte_ranges(
     row: WeightRow, shape: tuple[int, ...], dtype: torch.dtype, arch: Qwen25VLArch
-) -> list[tuple[str, int, int]] | None:
+) -> list[tuple[str, int, int, tuple[int, ...]]] | None:
     """Where each HF tensor of `row` lies in the full Megatron tensor's bytes: (HF name, first
-    byte, bytes), when every one of them is a contiguous run of those bytes ("copy" rows, the two
-    halves of a SwiGLU fc1, the patch embedding); None when the row rearranges them (QKV).
+    byte, bytes, HF shape), when every one of them is a contiguous run of those bytes ("copy" rows,
+    the two halves of a SwiGLU fc1, the patch embedding); None when the row rearranges them (QKV).
 
     Found by running `to_hf` on a meta tensor: no memory is touched.
     """
@@ -155,7 +155,7 @@ def hf_byte_ranges(
     for name, t in to_hf(row, full, arch):
         if not (t is full or t._base is full) or not t.is_contiguous():
             return None
-        out.append((name, t.storage_offset() * size, t.numel() * size))
+        out.append((name, t.storage_offset() * size, t.numel() * size, tuple(t.shape)))
     return out
 
 
