@@ -142,8 +142,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved measurements of each path (best counts)")
     args = parser.parse_args()
 
-    from srpo_mcore.checkpoint.convert import hf_to_mcore, mcore_to_hf
+    from srpo_mcore.checkpoint.convert import hf_to_mcore, mcore_to_hf, pin_mmap_threshold
 
+    pin_mmap_threshold()  # as the converter CLIs do (this process converts and exits)
     baseline = _rss()  # this process with torch and Megatron imported, before any tensor
     root = Path(tempfile.mkdtemp(dir=args.dir))
     try:

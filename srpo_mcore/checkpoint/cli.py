@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from srpo_mcore.checkpoint.convert import ConversionError, hf_to_mcore, mcore_to_hf, reshard_mcore
+from srpo_mcore.checkpoint.convert import ConversionError, hf_to_mcore, mcore_to_hf, pin_mmap_threshold, reshard_mcore
 
 HF_TO_MCORE_DOC = """Convert an HF Qwen2.5-VL checkpoint into a Megatron-Core distributed checkpoint.
 
@@ -44,6 +44,7 @@ def hf_to_mcore_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     args = parser.parse_args(argv)
+    pin_mmap_threshold()  # this process converts and exits
     if args.vpp not in (None, 1):
         parser.error("--vpp: virtual pipeline stages are not implemented for Qwen2.5-VL yet")
     start = time.perf_counter()
@@ -71,6 +72,7 @@ def mcore_to_hf_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reshard-pp", type=int, default=None, help="... and this PP")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     args = parser.parse_args(argv)
+    pin_mmap_threshold()  # this process converts and exits
     start = time.perf_counter()
     try:
         if args.reshard_tp is not None or args.reshard_pp is not None:
