@@ -155,9 +155,9 @@ def describe_checkpoint(
 
 
 def _on_ranks(fn: Callable[..., Any], world: int, *args: Any) -> list[Any]:
-    """Run a worker on `world` ranks: spawned processes, or this process when one rank suffices
-    and no process group is active here (saves starting an interpreter that imports torch and
-    Megatron again). Returns the workers' results."""
+    """Run a worker on `world` ranks: spawned processes (which pin the mmap threshold), or this
+    process when one rank suffices and no process group is active here (saves starting an
+    interpreter that imports torch and Megatron again). Returns the workers' results."""
     import torch.distributed as dist
 
     if world > 1 or dist.is_initialized():

@@ -86,12 +86,15 @@ def compare_engine_weights(
                 result.mismatched.append(hf_name)
             covered.add(params[name].data_ptr())
             continue
-        prefix, leaf, kind = (name or "").rsplit(".", 2) if (name or "").count(".") >= 2 else ("", "", "")
-        if leaf not in fused_of or f"{prefix}.{fused_of[leaf][0]}.{kind}" not in params:
+        pieces = (name or "").rsplit(".", 2)  # module path, packed leaf (e.g. k_proj), weight|bias
+        if len(pieces) != 3 or pieces[1] not in fused_of:
             result.unknown.append(hf_name)
             continue
-        fused, index, count = fused_of[leaf]
-        target = f"{prefix}.{fused}.{kind}"
+        fused, index, count = fused_of[pieces[1]]
+        target = f"{pieces[0]}.{fused}.{pieces[2]}"
+        if target not in params:
+            result.unknown.append(hf_name)
+            continue
         parts = pending.setdefault(target, {})
         parts[index] = (hf_name, tensor)
         if len(parts) < count:
