@@ -115,6 +115,11 @@ def _raw_record(path: Any, stored: torch.Tensor, dtype: torch.dtype, nbytes: int
     return _raw_offset(path)
 
 
+def _whole_file(info: Any, path: Any) -> bool:
+    """Whether DCP's storage item `info` is the whole of file `path`, untransformed (one tensor per file)."""
+    return info.offset == 0 and not info.transform_descriptors and info.length == path.stat().st_size
+
+
 def _read_whole(path: Any, stored: torch.Tensor, target: torch.Tensor) -> bool:
     """Read a stored tensor's bytes straight into `target` (no mapping kept); False if not possible."""
     import os
@@ -153,8 +158,7 @@ class _MmapReader(FileSystemReader):
         for req in plan.items:
             info = self.storage_data[req.storage_index]
             path = Path(self.path) / info.relative_path
-            whole = info.offset == 0 and not info.transform_descriptors and info.length == path.stat().st_size
-            if req.type != LoadItemType.TENSOR or not whole:
+            if req.type != LoadItemType.TENSOR or not _whole_file(info, path):
                 rest.append(req)
                 continue
             stored = torch.load(path, mmap=True, weights_only=True, map_location="cpu")  # pages untouched
@@ -188,10 +192,8 @@ class ChunkReader:
         if not any(tuple(c.offsets) == chunk.offset and tuple(c.sizes) == tuple(chunk.dest.shape) for c in md.chunks):
             return None  # stored in other pieces than the one asked for
         info = metadata.storage_data.get(MetadataIndex(chunk.key, torch.Size(chunk.offset)))
-        if info is None or info.offset != 0 or info.transform_descriptors:
-            return None
-        path = Path(self._dir) / info.relative_path
-        if info.length != path.stat().st_size:
+        path = Path(self._dir) / info.relative_path if info is not None else None
+        if path is None or not _whole_file(info, path):
             return None
         stored = torch.load(path, mmap=True, weights_only=True, map_location="cpu")  # pages untouched
         if not isinstance(stored, torch.Tensor):
