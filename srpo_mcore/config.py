@@ -181,16 +181,24 @@ class RolloutConfig:
     """Train from rollouts saved in this directory instead of generating (trainer debugging)."""
     save_rollouts: bool = False
     """Save every step's rollouts under the run directory (for replay)."""
+    simulate_mismatch: Literal["none", "bf16", "fp8"] = "none"
+    """Experiments on rollout/trainer mismatch: the engine serves the trainer's weights rounded as a
+    lower precision would round them, while the trainer keeps its own (``model.dtype``). bf16: every
+    floating weight rounded to bfloat16; fp8: the language model's linear weights (QKV, output
+    projection, MLP) fake-quantised to float8 e4m3 with one scale per tensor (amax / 448), the rest
+    untouched. A simulation of the numerics in the engine's own dtype, not low-precision speed."""
 
 
 @dataclass
 class GRPOConfig:
     """Group-relative advantages and the clipped policy loss (SRPO stage 2)."""
 
-    normalize_std: bool = True
-    """Divide (reward - group mean) by the group std; False keeps only the mean baseline."""
+    std: Literal["population", "unbiased", "none"] = "population"
+    """Advantages are (reward - group mean) / (group std + eps) with the population std (N in the
+    denominator, as the GRPO paper writes it), torch's default Bessel-corrected std (N-1: what the
+    authors' released SRPO code computes), or none (reward - group mean, no division)."""
     eps: float = 1e-6
-    """Added to the group std."""
+    """Added to the group std (the released code uses 1e-9)."""
     filter_accuracy: bool = True
     """Keep only groups whose mean accuracy lies in [accuracy_low, accuracy_high]."""
     accuracy_low: float = 0.1
@@ -202,7 +210,33 @@ class GRPOConfig:
     clip_high: float = 0.2
     """PPO ratio clip above 1 (ratio <= 1 + clip_high)."""
     aggregation: Literal["token_mean", "seq_mean"] = "token_mean"
-    """token_mean: mean over all response tokens of the batch; seq_mean: mean of per-sequence means."""
+    """token_mean: mean over all response tokens of the batch; seq_mean: mean of per-sequence means
+    (what the released code computes)."""
+    ratio_cap: float = 0.0
+    """Dual clip: the policy ratio is first capped at this value (``ratio.clamp(max=ratio_cap)``, the
+    released code uses 3), which bounds the loss of negative-advantage tokens whose ratio ran away;
+    0 turns it off. Must exceed 1 + clip_high when on."""
+    rollout_correction: Literal["none", "tis", "seq_tis", "mask", "seq_mask"] = "none"
+    """Correction for the rollout engine not computing the trainer's probabilities (other kernels,
+    lower precision). With ``w_t = pi_trainer_old(y_t) / pi_rollout(y_t)`` (the behaviour policy as the
+    trainer recomputes it before the update, over the engine's logprob of the token it sampled):
+    tis = the policy-gradient term of each token is weighted by ``min(w_t, correction_cap)``;
+    seq_tis = every token of a sequence by ``min(w_seq, correction_cap)``, ``w_seq`` the sequence's
+    ratio (``correction_seq_ratio``); mask = tokens with ``w_t`` outside [correction_low,
+    correction_cap] get no policy gradient (they still count in the loss's mean, as a weight of 0
+    would); seq_mask = the same for whole sequences by ``w_seq``. The KL-to-reference term is never
+    weighted. Valid only when the engine's logprobs are those of the distribution it sampled from and
+    the trainer recomputes that same distribution: ``grpo.old_logprobs=trainer``, ``rollout.top_p=1``,
+    ``rollout.temperature > 0``, and ``rollout.logprobs_mode=processed_logprobs`` unless the
+    temperature is 1 (raw logprobs are then the sampling distribution). Other combinations are refused."""
+    correction_cap: float = 2.0
+    """Upper bound C of the correction: truncation level (tis, seq_tis) or upper mask bound (mask modes)."""
+    correction_low: float = 0.0
+    """Lower mask bound of the mask modes; 0 means 1 / correction_cap."""
+    correction_seq_ratio: Literal["geometric_mean", "product"] = "geometric_mean"
+    """The sequence ratio of seq_tis / seq_mask: the geometric mean of the token ratios
+    (length-normalised, the usual choice) or their product (the exact sequence likelihood ratio,
+    which explodes or vanishes on long responses)."""
     kl_coef: float = 0.0
     """Weight of the k3 KL to a frozen reference model; 0 (the released recipe) builds no reference."""
     dynamic_sampling: bool = False
@@ -368,13 +402,23 @@ class RunConfig:
             )
         if g.clip_low < 0 or g.clip_high < 0 or g.kl_coef < 0 or g.eps <= 0:
             problems.append("grpo.clip_low, grpo.clip_high and grpo.kl_coef must be >= 0 and grpo.eps > 0")
+        if g.ratio_cap and g.ratio_cap <= 1.0 + g.clip_high:
+            problems.append(
+                f"grpo.ratio_cap ({g.ratio_cap}) must be 0 (off) or above 1 + grpo.clip_high ({1.0 + g.clip_high})"
+            )
         ro = self.rollout
+        problems.extend(_correction_problems(g, ro))
         if ro.n < 1 or ro.max_tokens < 1:
             problems.append(f"rollout.n and rollout.max_tokens must be >= 1 (got {ro.n}, {ro.max_tokens})")
         if not 0.0 < ro.top_p <= 1.0:
             problems.append(f"rollout.top_p must be in (0, 1], got {ro.top_p}")
         if ro.temperature < 0:
             problems.append(f"rollout.temperature must be >= 0, got {ro.temperature}")
+        if ro.simulate_mismatch != "none" and ro.check:
+            problems.append(
+                f"rollout.simulate_mismatch={ro.simulate_mismatch} serves other weights than the trainer's on "
+                "purpose; rollout.check (engine = trainer, bit for bit) cannot pass: turn one off"
+            )
         if ro.max_tokens >= ro.max_model_len:
             problems.append(
                 f"rollout.max_tokens ({ro.max_tokens}) must be below rollout.max_model_len ({ro.max_model_len})"
@@ -435,6 +479,33 @@ class RunConfig:
             )
         if problems:
             raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _correction_problems(g: GRPOConfig, ro: RolloutConfig) -> list[str]:
+    """Why ``grpo.rollout_correction`` cannot be used with these settings (empty: it can)."""
+    problems: list[str] = []
+    if g.correction_cap <= 1.0:
+        problems.append(f"grpo.correction_cap must be > 1, got {g.correction_cap}")
+    if g.correction_low < 0 or (g.correction_low and g.correction_low >= 1.0):
+        problems.append(f"grpo.correction_low must be 0 (= 1 / correction_cap) or in (0, 1), got {g.correction_low}")
+    if g.rollout_correction == "none":
+        return problems
+    why = f"grpo.rollout_correction={g.rollout_correction} weights tokens by pi_trainer / pi_rollout"
+    if g.old_logprobs != "trainer":
+        problems.append(f"{why}: it needs grpo.old_logprobs=trainer (got {g.old_logprobs}: no trainer recomputation)")
+    if ro.top_p < 1.0:
+        problems.append(
+            f"{why}: rollout.top_p={ro.top_p} samples from a truncated distribution the trainer does not "
+            "recompute; use rollout.top_p=1"
+        )
+    if ro.temperature <= 0:
+        problems.append(f"{why}: greedy rollout (rollout.temperature=0) has no sampling distribution to correct")
+    elif ro.temperature != 1.0 and ro.logprobs_mode != "processed_logprobs":
+        problems.append(
+            f"{why}: with rollout.temperature={ro.temperature} the engine samples from softmax(logits / T) but "
+            "rollout.logprobs_mode=raw_logprobs reports softmax(logits); set rollout.logprobs_mode=processed_logprobs"
+        )
+    return problems
 
 
 def _qwen_shape(m: ModelConfig) -> tuple[int, int, int, str]:

@@ -5,12 +5,14 @@ process per device, SPMD). Every step reads like the algorithm:
 
     prompts -> rollout (vLLM, colocated) -> reward -> group advantages + accuracy filter
             -> behaviour logprobs (and reference logprobs when grpo.kl_coef > 0)
+            -> rollout-correction weights (grpo.rollout_correction)
             -> clipped policy update (Megatron schedule + optimizer) -> weight refit into vLLM
             -> metrics, plots, checkpoint
 
 Owns the GRPO step and its parts of the run: the colocated engine (refitted after every update and
 after a resume), the reward scorer, the frozen reference model (only when ``grpo.kl_coef > 0``),
-dynamic sampling, rollout saving/replay and check mode. The loop's lifecycle (resume, SIGTERM,
+dynamic sampling, rollout saving/replay, check mode and the simulated rollout mismatch
+(``rollout.simulate_mismatch``: the refit stream rounded on its way into the engine). The loop's lifecycle (resume, SIGTERM,
 checkpoints, plots, HF export) is ``trainer_core.MegatronTrainer``'s.
 
 The run directory is ``<output_dir>/<name>/``: ``config.yaml``, ``metrics.jsonl``, ``plots/``,
@@ -49,6 +51,15 @@ class GRPOTrainer(MegatronTrainer):
             self.ref_model.requires_grad_(False)
             self.ref_model.config.variable_seq_lengths = True
         self.engine = self._build_engine()
+        if cfg.rollout.simulate_mismatch != "none" and not cfg.rollout.replay_dir:
+            log.warning(
+                "rollout.simulate_mismatch=%s: the engine serves the trainer's weights rounded as %s would "
+                "round them (a simulation of the numerics in %s, not low-precision kernels)",
+                cfg.rollout.simulate_mismatch,
+                cfg.rollout.simulate_mismatch,
+                cfg.model.dtype,
+            )
+            self._refit(include_vision=True)  # the engine loaded model.hf_dir unrounded
         self.scorer = RewardScorer(
             cfg.reward,
             count_tokens=lambda xs: [len(ids) for ids in self.tokenizer(xs, add_special_tokens=False).input_ids],
@@ -206,7 +217,7 @@ class GRPOTrainer(MegatronTrainer):
         """Behaviour (+ reference) logprobs, then ``train.updates_per_step`` optimizer updates."""
         from srpo_mcore.rl.batch import shard_for_dp
         from srpo_mcore.rl.optim import current_lr
-        from srpo_mcore.rl.policy_step import forward_logprobs, train_step
+        from srpo_mcore.rl.policy_step import forward_logprobs, set_rollout_correction, train_step
 
         cfg = self.cfg
         temperature = cfg.rollout.temperature if cfg.rollout.logprobs_mode == "processed_logprobs" else 1.0
@@ -214,13 +225,11 @@ class GRPOTrainer(MegatronTrainer):
         k = cfg.train.updates_per_step
         minis = [self.micro_batches(sequences, mine[i::k]) for i in range(k)]
         start = time.perf_counter()
-        gap = forward_logprobs(
-            [self.ddp], [mb for m in minis for mb in m], name="old_logprobs", temperature=temperature
-        )
+        every = [mb for m in minis for mb in m]
+        gap = forward_logprobs([self.ddp], every, name="old_logprobs", temperature=temperature, mismatch=True)
+        correction = set_rollout_correction(every, cfg.grpo)
         if self.ref_model is not None:
-            forward_logprobs(
-                [self.ref_model], [mb for m in minis for mb in m], name="ref_logprobs", temperature=temperature
-            )
+            forward_logprobs([self.ref_model], every, name="ref_logprobs", temperature=temperature)
         if cfg.rollout.check:
             from srpo_mcore.rollout.check import RefitCheckError
 
@@ -243,24 +252,31 @@ class GRPOTrainer(MegatronTrainer):
         out["train/lr"] = current_lr(self.optimizer)
         out["rollout/logprob_gap_max"] = gap["logprob_gap_max"]
         out["rollout/logprob_gap_mean"] = gap["logprob_gap_mean"]
+        out["rollout/mismatch_kl"] = gap["mismatch_kl"]
+        for key in ("p01", "p50", "p99", "min", "max"):
+            out[f"rollout/is_ratio_{key}"] = gap[f"is_ratio_{key}"]
+        out["grpo/correction_fraction"] = correction["correction_fraction"]
+        out["grpo/correction_weight_mean"] = correction["correction_weight_mean"]
         tokens = sum(len(s) for s in sequences)
         out["perf/train_tokens_per_s"] = tokens * 2 / max(timings["train_s"] + timings["logprobs_s"], 1e-9)
         return out
 
-    def _refit(self) -> float:
+    def _refit(self, include_vision: bool | None = None) -> float:
+        """Stream the trainer's weights into the engine (the vision tower only when it trains)."""
         if self.cfg.rollout.replay_dir:
             return 0.0
         from srpo_mcore.rollout.refit import iter_hf_weights
+        from srpo_mcore.rollout.simulated_precision import simulate_precision
 
         start = time.perf_counter()
         self.engine.wake_up()
+        vision = not self.cfg.model.freeze_vision if include_vision is None else include_vision
 
         def weights() -> Iterator[tuple[str, torch.Tensor]]:  # collective: every rank walks it
-            return iter_hf_weights(
-                self.model,
-                bucket_bytes=self.cfg.rollout.refit_bucket_mb * 2**20,
-                include_vision=not self.cfg.model.freeze_vision,
+            stream = iter_hf_weights(
+                self.model, bucket_bytes=self.cfg.rollout.refit_bucket_mb * 2**20, include_vision=vision
             )
+            return simulate_precision(stream, self.cfg.rollout.simulate_mismatch)
 
         self.engine.update_weights(weights())
         if self.cfg.rollout.check:

@@ -117,6 +117,26 @@ PANELS: tuple[Panel, ...] = (
         ),
     ),
     Panel(
+        "rollout_mismatch",
+        "Rollout vs trainer mismatch and its correction",
+        "value",
+        (
+            "rollout/mismatch_kl",
+            "grpo/correction_fraction",
+        ),
+    ),
+    Panel(
+        "is_ratio",
+        "Ratio π_trainer / π_rollout over the step's tokens",
+        "ratio",
+        (
+            "rollout/is_ratio_p01",
+            "rollout/is_ratio_p50",
+            "rollout/is_ratio_p99",
+            "rollout/is_ratio_max",
+        ),
+    ),
+    Panel(
         "time",
         "Wall time per step",
         "seconds",

@@ -105,7 +105,7 @@ def select_groups(groups: Sequence[Group], cfg: GRPOConfig) -> tuple[list[Group]
         raise ValueError(f"groups of different sizes {sorted(sizes)}: every prompt needs rollout.n samples")
     rewards_GN = torch.tensor([[r.total for r in g.rewards] for g in groups], dtype=torch.float64)
     correct_GN = torch.tensor([[r.last_correct for r in g.rewards] for g in groups])
-    adv_GN = group_advantages(rewards_GN, normalize_std=cfg.normalize_std, eps=cfg.eps)
+    adv_GN = group_advantages(rewards_GN, std=cfg.std, eps=cfg.eps)
     keep_G = (
         accuracy_filter(correct_GN, cfg.accuracy_low, cfg.accuracy_high)
         if cfg.filter_accuracy

@@ -6,7 +6,11 @@ pipeline, tensor, context and sequence parallelism are Megatron's own:
 - ``forward_logprobs``: forward only; stores each micro-batch's per-token logprobs (vocab-parallel,
   this rank's context-parallel slice) in ``MicroBatch.local[name]`` on the last stage — the
   behaviour policy's logprobs before the update, or a frozen reference model's — and returns the
-  rollout-vs-trainer logprob gap over the response tokens.
+  rollout-vs-trainer logprob gap over the response tokens; for the behaviour pass also the
+  mismatch statistics (k3 KL of rollout vs trainer, quantiles of the ratio pi_trainer / pi_rollout).
+- ``set_rollout_correction``: the rollout-correction weights of ``grpo.rollout_correction``
+  (``rl.rollout_correction``) stored as ``MicroBatch.local["is_weight"]``; a sequence's ratio is
+  reduced over the context-parallel group first, so every layout weights the same tokens alike.
 - ``train_step``: forward + backward of the clipped surrogate (+ k3 KL), then Megatron's optimizer
   step (gradient clipping by the global norm, Adam). The loss is a per-token loss in Megatron's
   three-value form ``(sum of weighted token losses, token count, report)`` with
@@ -36,9 +40,17 @@ from srpo_mcore.parallel.context import cp_slice
 from srpo_mcore.rl.batch import MicroBatch
 from srpo_mcore.rl.logprobs import token_entropy, token_logprobs
 from srpo_mcore.rl.loss import clipped_surrogate, k3_kl
+from srpo_mcore.rl.rollout_correction import (
+    SEQUENCE_MODES,
+    correction_weights,
+    mismatch_k3,
+    sequence_log_ratio,
+    sequence_sums,
+)
 
 _TRAIN_SUMS = ("tokens", "loss", "weight", "clipped", "ratio", "approx_kl_old", "kl_ref", "entropy")
-_GAP_SUMS = ("tokens", "abs_gap")
+_GAP_SUMS = ("tokens", "abs_gap", "mismatch_k3")
+_QUANTILES = (("p01", 0.01), ("p50", 0.5), ("p99", 0.99))
 
 
 def cp_local(x: torch.Tensor) -> torch.Tensor:
@@ -47,16 +59,37 @@ def cp_local(x: torch.Tensor) -> torch.Tensor:
     return cp_slice(x, 1, cp, ps.get_context_parallel_rank()) if cp > 1 else x
 
 
+def _counts_metrics() -> bool:
+    """Whether this rank's metric sums count (tp-rank 0 of the last stage: each value once per replica slice)."""
+    return ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
+
+
 def reduce_sums(sums: torch.Tensor, op: Any = dist.ReduceOp.SUM) -> torch.Tensor:
     """Reduce per-rank metric sums (CPU) over the world; only tp-rank-0 ranks of the last stage contribute."""
-    counts = ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
-    if not counts:
+    if not _counts_metrics():
         sums = torch.zeros_like(sums)
     if dist.is_initialized() and dist.get_world_size() > 1:
         nccl = dist.get_backend() == "nccl"
         sums = sums.to(torch.device("cuda", torch.cuda.current_device())) if nccl else sums.clone()
         dist.all_reduce(sums, op=op)
     return sums.cpu()
+
+
+def gather_values(values: torch.Tensor) -> torch.Tensor:
+    """Every rank's 1-D float `values` (only tp-rank-0 ranks of the last stage contribute), on CPU."""
+    local = values.detach().double().cpu().flatten() if _counts_metrics() else torch.zeros(0, dtype=torch.float64)
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return local
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    n = torch.tensor([local.numel()], dtype=torch.long, device=device)
+    dist.all_reduce(n, op=dist.ReduceOp.MAX)
+    padded = torch.full((int(n.item()),), float("nan"), dtype=torch.float64)
+    padded[: local.numel()] = local
+    padded = padded.to(device) if device is not None else padded
+    parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, padded)
+    out = torch.cat(parts).cpu()
+    return out[~torch.isnan(out)]
 
 
 def run_schedule(
@@ -85,22 +118,38 @@ def run_schedule(
 
 
 def forward_logprobs(
-    model: Sequence[Any], micro_batches: Sequence[MicroBatch], *, name: str, temperature: float = 1.0
+    model: Sequence[Any],
+    micro_batches: Sequence[MicroBatch],
+    *,
+    name: str,
+    temperature: float = 1.0,
+    mismatch: bool = False,
 ) -> dict[str, float]:
     """Store ``MicroBatch.local[name]`` (last stage) and return the gap to the rollout logprobs.
 
+    Args:
+        mismatch: Also return the mismatch statistics of these logprobs against the engine's
+            (for the behaviour pass: the ratio the rollout correction uses).
+
     Returns:
-        ``{"logprob_gap_max", "logprob_gap_mean", "tokens"}`` over all response tokens of the step.
+        ``{"logprob_gap_max", "logprob_gap_mean", "tokens"}`` over all response tokens of the step;
+        with `mismatch` also ``mismatch_kl`` (k3 estimate of KL(rollout || trainer), token mean) and
+        ``is_ratio_{p01,p50,p99,min,max}`` (quantiles of pi_trainer / pi_rollout over the tokens).
     """
     gap_max = torch.zeros(1, dtype=torch.float64)
+    log_ratios: list[torch.Tensor] = []
 
     def loss_fn(mb: MicroBatch, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         lp = token_logprobs(logits, cp_local(mb.targets_BS), temperature)
         mb.local[name] = lp.detach()
         mask = cp_local(mb.loss_mask_BS)
-        gap = (lp - cp_local(mb.rollout_logprobs_BS)).abs() * mask
+        rollout = cp_local(mb.rollout_logprobs_BS)
+        gap = (lp - rollout).abs() * mask
         gap_max[0] = max(gap_max[0].item(), gap.max().item() if gap.numel() else 0.0)
-        sums = torch.stack([mask.sum(), gap.sum()]).double().cpu()
+        if mismatch:
+            log_ratios.append((lp - rollout)[mask > 0].detach())
+        k3 = (mismatch_k3(lp, rollout) * mask).sum()
+        sums = torch.stack([mask.sum(), gap.sum(), k3]).double().cpu()
         return lp.sum() * 0, torch.zeros((), dtype=torch.int, device=lp.device), {"sums": sums}
 
     with torch.no_grad():
@@ -111,7 +160,65 @@ def forward_logprobs(
     sums = reduce_sums(sums)
     worst = reduce_sums(gap_max, dist.ReduceOp.MAX)
     n = max(sums[0].item(), 1.0)
-    return {"logprob_gap_max": worst.item(), "logprob_gap_mean": sums[1].item() / n, "tokens": sums[0].item()}
+    out = {"logprob_gap_max": worst.item(), "logprob_gap_mean": sums[1].item() / n, "tokens": sums[0].item()}
+    if mismatch:
+        ratio = torch.exp(gather_values(torch.cat(log_ratios) if log_ratios else torch.zeros(0)))
+        out["mismatch_kl"] = sums[2].item() / n
+        ordered = ratio.sort().values if ratio.numel() else torch.ones(1, dtype=torch.float64)
+        for key, q in (*_QUANTILES, ("min", 0.0), ("max", 1.0)):
+            out[f"is_ratio_{key}"] = _quantile(ordered, q)
+    return out
+
+
+def _quantile(ordered: torch.Tensor, q: float) -> float:
+    """The `q` quantile of sorted values, linearly interpolated (torch.quantile's rule, any size)."""
+    pos = q * (ordered.numel() - 1)
+    lo = int(pos)
+    hi = min(lo + 1, ordered.numel() - 1)
+    return (ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo])).item()
+
+
+def set_rollout_correction(
+    micro_batches: Sequence[MicroBatch], cfg: GRPOConfig, *, old_logprobs: str = "old_logprobs"
+) -> dict[str, float]:
+    """Store the correction weights ``MicroBatch.local["is_weight"]`` (last stage); return their metrics.
+
+    The ratio of each token is ``exp(local[old_logprobs] - rollout logprobs)``. Collective (the
+    metrics are reduced over the world; sequence modes reduce over the context-parallel group).
+
+    Returns:
+        ``{"correction_fraction", "correction_weight_mean"}``: the fraction of response tokens the
+        correction truncated or masked, and the mean weight of a response token.
+    """
+    sums = torch.zeros(3, dtype=torch.float64)  # tokens, changed, weight
+    if cfg.rollout_correction != "none" and ps.is_pipeline_last_stage():
+        cp = ps.get_context_parallel_world_size()
+        for mb in micro_batches:
+            mask = cp_local(mb.loss_mask_BS)
+            log_ratio = (mb.local[old_logprobs] - cp_local(mb.rollout_logprobs_BS)) * mask
+            seq = None
+            if cfg.rollout_correction in SEQUENCE_MODES:
+                log_sum, count = sequence_sums(log_ratio.double(), mask)
+                if cp > 1:  # a sequence's tokens are spread over the context-parallel ranks
+                    both = torch.stack([log_sum, count])
+                    dist.all_reduce(both, group=ps.get_context_parallel_group())
+                    log_sum, count = both[0], both[1]
+                seq = sequence_log_ratio(log_sum, count, cfg.correction_seq_ratio)
+            weight, changed = correction_weights(
+                log_ratio.double(),
+                mask,
+                cfg.rollout_correction,
+                cap=cfg.correction_cap,
+                low=cfg.correction_low,
+                seq_log_ratio_B=seq,
+            )
+            mb.local["is_weight"] = weight.to(log_ratio.dtype)
+            sums += torch.stack([mask.sum().double(), changed.sum().double(), weight.sum()]).cpu()
+    sums = reduce_sums(sums)
+    n = max(sums[0].item(), 1.0)
+    if cfg.rollout_correction == "none":
+        return {"correction_fraction": 0.0, "correction_weight_mean": 1.0}
+    return {"correction_fraction": sums[1].item() / n, "correction_weight_mean": sums[2].item() / n}
 
 
 def train_step(
@@ -129,7 +236,8 @@ def train_step(
         model: Megatron DDP-wrapped model chunks.
         optimizer: Megatron optimizer.
         micro_batches: This rank's micro-batches (the same plan on every rank of the replica).
-        cfg: Clip ranges, aggregation, KL coefficient.
+        cfg: Clip ranges, ratio cap, aggregation, KL coefficient (rollout-correction weights, when
+            set, come from ``MicroBatch.local["is_weight"]``: `set_rollout_correction`).
         old_logprobs: Key of ``MicroBatch.local`` holding the behaviour logprobs; when absent the
             rollout engine's logprobs are used.
     """
@@ -140,8 +248,10 @@ def train_step(
         mask, weight = cp_local(mb.loss_mask_BS), cp_local(mb.token_weight_BS)
         old = mb.local.get(old_logprobs, cp_local(mb.rollout_logprobs_BS))
         per_token, clipped, ratio = clipped_surrogate(
-            lp, old, cp_local(mb.advantages_BS), clip_low=cfg.clip_low, clip_high=cfg.clip_high
+            lp, old, cp_local(mb.advantages_BS), clip_low=cfg.clip_low, clip_high=cfg.clip_high, ratio_cap=cfg.ratio_cap
         )
+        if "is_weight" in mb.local:  # rollout correction: weights the policy-gradient term only
+            per_token = per_token * mb.local["is_weight"]
         kl = torch.zeros_like(lp)
         if kl_coef > 0:
             kl = k3_kl(lp, mb.local["ref_logprobs"])

@@ -17,7 +17,7 @@ def test_group_advantages_by_hand() -> None:
     # group 0: mean 0.5, population std 0.5 -> +-1; group 1: all equal -> 0
     assert adv[0].tolist() == pytest.approx([1.0, -1.0, -1.0, 1.0])
     assert adv[1].tolist() == [0.0, 0.0, 0.0, 0.0]
-    assert group_advantages(r, normalize_std=False)[0].tolist() == [0.5, -0.5, -0.5, 0.5]
+    assert group_advantages(r, std="none")[0].tolist() == [0.5, -0.5, -0.5, 0.5]
     adv_eps = group_advantages(torch.tensor([[1.0, 0.0]]), eps=0.5)  # std 0.5 -> (0.5) / (1.0)
     assert adv_eps.tolist() == [[0.5, -0.5]]
 

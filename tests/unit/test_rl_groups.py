@@ -105,7 +105,7 @@ def test_select_groups_eps_is_added_to_the_std() -> None:
 
 def test_select_groups_without_std_normalisation() -> None:
     groups = four_groups()
-    kept, _ = select_groups(groups, GRPOConfig(normalize_std=False))
+    kept, _ = select_groups(groups, GRPOConfig(std="none"))
     assert [g.gold for g in kept] == ["0", "1"]
     assert groups[0].advantages == pytest.approx([0.875] + [-0.125] * 7)
     assert groups[1].advantages == pytest.approx([0.25] * 7 + [-1.75])
