@@ -181,12 +181,14 @@ class RolloutConfig:
     """Train from rollouts saved in this directory instead of generating (trainer debugging)."""
     save_rollouts: bool = False
     """Save every step's rollouts under the run directory (for replay)."""
-    simulate_mismatch: Literal["none", "bf16", "fp8"] = "none"
+    simulate_mismatch: Literal["none", "bf16", "fp8", "fp4"] = "none"
     """Experiments on rollout/trainer mismatch: the engine serves the trainer's weights rounded as a
     lower precision would round them, while the trainer keeps its own (``model.dtype``). bf16: every
     floating weight rounded to bfloat16; fp8: the language model's linear weights (QKV, output
     projection, MLP) fake-quantised to float8 e4m3 with one scale per tensor (amax / 448), the rest
-    untouched. A simulation of the numerics in the engine's own dtype, not low-precision speed."""
+    untouched; fp4: the same weights rounded to float4 e2m1 with a scale per 16 input elements
+    (NVFP4's block shape; a strong mismatch). A simulation of the numerics in the engine's own
+    dtype, not low-precision speed."""
 
 
 @dataclass

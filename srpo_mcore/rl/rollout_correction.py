@@ -29,8 +29,12 @@ SEQUENCE_MODES = ("seq_tis", "seq_mask")
 
 
 def mismatch_k3(trainer_BT: torch.Tensor, rollout_BT: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(pi_rollout || pi_trainer) on tokens the engine sampled (>= 0)."""
-    return k3_kl(rollout_BT, trainer_BT)
+    """Per-token k3 estimate of KL(pi_rollout || pi_trainer) on tokens the engine sampled, float64.
+
+    ``r - 1 - log r`` is >= 0; it is clamped there because at ratios within rounding of 1 the
+    subtraction leaves values of order -1e-16.
+    """
+    return k3_kl(rollout_BT.double(), trainer_BT.double()).clamp_min(0.0)
 
 
 def sequence_sums(log_ratio_BT: torch.Tensor, mask_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,10 @@ engine computes in that dtype with rounded values:
 - ``bf16``: every floating tensor rounded to bfloat16 (round to nearest even);
 - ``fp8``: the language model's linear weights (attention Q/K/V/O, MLP gate/up/down) fake-quantised
   to float8 e4m3 with one scale per tensor (``amax / 448``, e4m3's largest finite value);
-  embeddings, the LM head, norms, the vision tower and the merger are left as they are.
+  embeddings, the LM head, norms, the vision tower and the merger are left as they are;
+- ``fp4``: the same linear weights fake-quantised to float4 e2m1 (values 0, 0.5, 1, 1.5, 2, 3, 4, 6)
+  with one scale per block of 16 consecutive input elements (``amax / 6``), the shape of NVFP4
+  weights (whose block scales are themselves e4m3; here they stay fp32) — a strong mismatch.
 
 Does not own: serving the weights (``rollout.engine``), FP8 checkpoints, real FP8 kernels.
 """
@@ -20,7 +23,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-MODES = ("none", "bf16", "fp8")
+MODES = ("none", "bf16", "fp8", "fp4")
 FP8_E4M3_MAX = 448.0
 LM_LINEAR = re.compile(r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")
 
@@ -39,6 +42,28 @@ def fake_quant_fp8(t: torch.Tensor) -> torch.Tensor:
     return ((t.float() / scale).to(torch.float8_e4m3fn).float() * scale).to(t.dtype)
 
 
+FP4_E2M1_MAX = 6.0
+FP4_BLOCK = 16
+_E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def fake_quant_fp4(t: torch.Tensor, block: int = FP4_BLOCK) -> torch.Tensor:
+    """2-D `t` rounded to float4 e2m1 with a scale per `block` elements of each row, in `t`'s dtype.
+
+    Each value goes to the nearest e2m1 magnitude (an exact tie to the smaller one).
+    """
+    rows, cols = t.shape
+    if cols % block:
+        raise ValueError(f"fp4 simulation needs the input dimension ({cols}) divisible by {block}")
+    x = t.detach().float().reshape(rows, cols // block, block)
+    scale = x.abs().amax(dim=-1, keepdim=True) / FP4_E2M1_MAX
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    grid = torch.tensor(_E2M1_GRID)
+    mid = (grid[1:] + grid[:-1]) / 2
+    q = grid[torch.bucketize((x / scale).abs(), mid)] * torch.sign(x)
+    return (q * scale).reshape(rows, cols).to(t.dtype)
+
+
 def simulate_precision(
     weights: Iterable[tuple[str, torch.Tensor]], mode: str
 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -50,5 +75,7 @@ def simulate_precision(
             yield name, round_bf16(tensor)
         elif mode == "fp8" and LM_LINEAR.match(name):
             yield name, fake_quant_fp8(tensor)
+        elif mode == "fp4" and LM_LINEAR.match(name):
+            yield name, fake_quant_fp4(tensor)
         else:
             yield name, tensor

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from grpo_fixtures import (
     ROOT,
+    learning_recipe,
     read_metrics,
     run_train,
     secret_task,
@@ -46,18 +47,7 @@ def setup(tmp_path_factory, tiny_checkpoint) -> dict:
 
 
 def _recipe(setup: dict, name: str, **sections) -> Path:
-    recipe = {
-        "name": name,
-        "seed": 1,
-        "output_dir": str(setup["root"] / "runs"),
-        "model": {"hf_dir": str(setup["policy"]), "dtype": "fp32"},
-        "data": {"train_files": [str(setup["task"])], "prompts_per_step": 8, "prompt": "none"},
-        "rollout": {"n": 8, "max_tokens": 64, "max_model_len": 256, "kv_cache_gib": 0.25},
-        "reward": {"num_workers": 0},
-        "optim": {"lr": 2.0e-4},
-        "train": {"steps": 2, "save_every": 0, "export_hf_at_end": False},
-        "logging": {"wandb_mode": "disabled", "plot_every": 0},
-    }
+    recipe = learning_recipe(name, output_dir=setup["root"] / "runs", policy=setup["policy"], task=setup["task"])
     for section, values in sections.items():
         recipe.setdefault(section, {}).update(values)
     return write_recipe(setup["root"] / f"{name}.yaml", recipe)
@@ -74,11 +64,15 @@ def test_layouts_equal_tp1(setup) -> None:
     runs = setup["root"] / "runs"
     optim = {"lr": 5.0e-5}  # Adam's first steps move every weight by ~lr: keeps layout noise well under 1e-5
     train = {"steps": 2, "save_every": 0, "export_hf_at_end": True, "updates_per_step": 2}
-    grpo = {"dynamic_sampling": True, "max_refill_rounds": 2}
-    run_train(_recipe(setup, "source", rollout={"save_rollouts": True}, optim=optim, train=train, grpo=grpo))
+    grpo = {"dynamic_sampling": True, "max_refill_rounds": 2, "rollout_correction": "tis"}
+    # The engine serves fp8-rounded weights, so the saved rollout logprobs are not the trainer's and
+    # every replay below weights its tokens by a real, varied correction ratio.
+    source = {"save_rollouts": True, "simulate_mismatch": "fp8"}
+    run_train(_recipe(setup, "source", rollout=source, optim=optim, train=train, grpo=grpo))
     for m in read_metrics(runs / "source"):  # dynamic sampling refilled the filtered groups (or gave up)
         assert m["grpo/groups_trained"] == 8 or m["grpo/refill_rounds"] == 2, m
     replay = {"replay_dir": str(runs / "source" / "rollouts")}
+    grpo = {"rollout_correction": "tis", "correction_cap": 1.05}  # a low cap: some tokens are truncated
     layouts = {
         "tp1": ([], 1),
         "tp2": (["parallel.tp=2"], 2),
@@ -87,8 +81,10 @@ def test_layouts_equal_tp1(setup) -> None:
         "tp2_kl": (["parallel.tp=2", "grpo.kl_coef=0.1"], 2),  # the frozen reference model, under TP
     }
     for name, (overrides, nproc) in layouts.items():
-        run_train(_recipe(setup, name, rollout=replay, train=train, optim=optim), overrides, nproc=nproc)
+        run_train(_recipe(setup, name, rollout=replay, train=train, optim=optim, grpo=grpo), overrides, nproc=nproc)
     ref_metrics = read_metrics(runs / "tp1")
+    for m in ref_metrics:
+        assert m["rollout/mismatch_kl"] > 1e-6 and 0 < m["grpo/correction_fraction"] < 0.5, m
     ref = load_file(runs / "tp1" / "hf" / "model.safetensors")
     init = load_file(Path(setup["policy"]) / "model.safetensors")
     moved = max((ref[k] - init[k]).abs().max().item() for k in ref)
@@ -102,7 +98,8 @@ def test_layouts_equal_tp1(setup) -> None:
         metrics = read_metrics(runs / name)
         assert len(metrics) == len(ref_metrics) == 2
         for a, b in zip(metrics, ref_metrics):
-            for key in ("train/loss", "train/grad_norm", "train/entropy", "reward/total_mean"):
+            for key in ("train/loss", "train/grad_norm", "train/entropy", "reward/total_mean",
+                        "rollout/mismatch_kl", "rollout/is_ratio_p50", "grpo/correction_weight_mean"):  # fmt: skip
                 assert abs(a[key] - b[key]) <= 1e-5, f"{name} step {a['step']}: {key} {a[key]} vs tp1 {b[key]}"
         weights = load_file(runs / name / "hf" / "model.safetensors")
         assert weights.keys() == ref.keys()
@@ -146,12 +143,13 @@ def _assert_complete_checkpoints(ckpt_dir: Path) -> None:
 def test_resume_equals_uninterrupted(setup, how: str) -> None:
     runs = setup["root"] / "runs"
     train = {"steps": 6, "save_every": 2}
+    grpo = {"rollout_correction": "tis"}
     if not (runs / "straight" / "metrics.jsonl").exists():
-        run_train(_recipe(setup, "straight", train=train))
+        run_train(_recipe(setup, "straight", train=train, grpo=grpo))
     straight = _computed(read_metrics(runs / "straight"))
     assert len(straight) == 6
 
-    recipe = _recipe(setup, how, train=train)
+    recipe = _recipe(setup, how, train=train, grpo=grpo)
     log = setup["root"] / f"{how}.log"
     proc = _start(recipe, log)
     _wait_for_steps(proc, runs / how, 3)
@@ -199,7 +197,8 @@ def test_reward_rises(setup) -> None:
 def test_check_mode_fails_loudly(setup) -> None:
     """Check mode compares the engine's weights after the refit (and passes); a tolerance below the
     engine-vs-trainer numerical gap must stop the run and say why."""
-    out = run_train(_recipe(setup, "check-ok", train={"steps": 1}, rollout={"check": True}))
+    tis = {"rollout_correction": "tis"}
+    out = run_train(_recipe(setup, "check-ok", train={"steps": 1}, rollout={"check": True}, grpo=tis))
     assert "rollout check: engine weights equal the trainer's export" in out, out[-3000:]
     recipe = _recipe(setup, "check", train={"steps": 1}, rollout={"check": True, "check_tolerance": 1e-12})
     with pytest.raises(AssertionError, match=r"engine vs trainer logprob gap .* > rollout.check_tolerance 1e-12"):

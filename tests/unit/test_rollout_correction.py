@@ -27,7 +27,7 @@ from srpo_mcore.rl.rollout_correction import (
     sequence_log_ratio,
     sequence_sums,
 )
-from srpo_mcore.rollout.simulated_precision import fake_quant_fp8, simulate_precision
+from srpo_mcore.rollout.simulated_precision import fake_quant_fp4, fake_quant_fp8, simulate_precision
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -208,3 +208,17 @@ def test_simulated_precision_rounds_what_it_says() -> None:
     assert dict(simulate_precision([("a", w)], "none"))["a"] is w
     with pytest.raises(ValueError, match="rollout.simulate_mismatch"):
         list(simulate_precision([("a", w)], "int4"))
+
+
+def test_fp4_blocks_by_hand() -> None:
+    # one row, two blocks of 16: block 0 has amax 6 (scale 1), block 1 amax 12 (scale 2)
+    b0 = [6.0, 3.0, 1.2, -0.7, 0.2, 2.6, -4.9, 0.0] + [0.0] * 8
+    b1 = [12.0, 1.1, -2.0, 7.2] + [0.0] * 12
+    q = fake_quant_fp4(torch.tensor([b0 + b1]))
+    assert q[0, :8].tolist() == [6.0, 3.0, 1.0, -0.5, 0.0, 3.0, -4.0, 0.0]
+    assert q[0, 16:20].tolist() == [12.0, 1.0, -2.0, 8.0]  # 1.1/2 = 0.55 -> 0.5; 7.2/2 = 3.6 -> 4
+    with pytest.raises(ValueError, match="divisible by 16"):
+        fake_quant_fp4(torch.ones(2, 20))
+    w = torch.randn(8, 32, generator=torch.Generator().manual_seed(1))
+    out = dict(simulate_precision([("model.layers.1.mlp.up_proj.weight", w), ("lm_head.weight", w)], "fp4"))
+    assert torch.equal(out["model.layers.1.mlp.up_proj.weight"], fake_quant_fp4(w)) and out["lm_head.weight"] is w
