@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         ("reward/total_mean", "mismatch_reward", "Mean reward per step (EMA, span 5)", "reward"),
         ("rollout/mismatch_kl", "mismatch_kl", "Mismatch KL(rollout || trainer), k3 token mean", "KL"),
     ]:
-        series = {label: [r.get(key) for r in rows] for label, rows in results.items()}
+        series: dict[str, list[float | None]] = {label: [r.get(key) for r in rows] for label, rows in results.items()}
         if key.startswith("reward/"):
-            series = {label: _smooth([v or 0.0 for v in vals]) for label, vals in series.items()}
+            series = {label: list(_smooth([v or 0.0 for v in vals])) for label, vals in series.items()}
         png = plot_comparison(work / f"{name}.png", series, title, ylabel, categories=steps, kind="line")
         print(f"wrote {png}")
     return 0

@@ -64,9 +64,7 @@ def fake_quant_fp4(t: torch.Tensor, block: int = FP4_BLOCK) -> torch.Tensor:
     return (q * scale).reshape(rows, cols).to(t.dtype)
 
 
-def simulate_precision(
-    weights: Iterable[tuple[str, torch.Tensor]], mode: str
-) -> Iterator[tuple[str, torch.Tensor]]:
+def simulate_precision(weights: Iterable[tuple[str, torch.Tensor]], mode: str) -> Iterator[tuple[str, torch.Tensor]]:
     """The refit stream with each tensor rounded as `mode` (``none``/``bf16``/``fp8``) rounds it."""
     if mode not in MODES:
         raise ValueError(f"rollout.simulate_mismatch must be one of {', '.join(MODES)}, got {mode!r}")

@@ -1,13 +1,16 @@
 """The GRPO trainer end to end (``python -m srpo_mcore.train`` as users run it), on CPU.
 
-- layouts: the same saved rollouts (replay mode) trained at TP=1, TP=2, PP=2 and CP=2 for two steps
-  give the same loss and the same updated weights (exported HF checkpoints) within 1e-5; with
+- layouts: the same saved rollouts (replay mode; sampled by an engine serving fp8-rounded weights,
+  trained with the ``tis`` rollout correction) trained at TP=1, TP=2, PP=2 and CP=2 for two steps
+  give the same loss, mismatch metrics and updated weights (exported HF checkpoints) within 1e-5; with
   ``grpo.kl_coef > 0`` (reference model, TP=2) the k3 KL grows from ~0 and enters the loss.
 - resume: a run stopped by SIGTERM (saves, exits 0) or killed by SIGKILL and then resumed logs
   exactly the metrics of an uninterrupted run (bitwise, fixed seeds, real vLLM engine refitted from
   the restored weights); no checkpoint directory is ever incomplete.
 - learning: on the secret-number task, the mean reward and the final-answer accuracy rise by stated
-  margins over a short run.
+  margins over a short run; with the engine serving fp4-rounded weights (a real mismatch) and the
+  ``tis`` correction, the run ends within ``MISMATCH_MARGIN`` of the exact engine's reward.
+- resume and check mode run with the ``tis`` correction on.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from grpo_fixtures import (
     write_recipe,
 )
 
+# How far below the exact engine's mean reward (last 5 steps) the fp4-mismatched, tis-corrected run
+# may end. Measured: see the note of the rollout-correction issue (tools/bench_mismatch.py).
+MISMATCH_MARGIN = 0.15
 # Keys that measure time, not the computation.
 _TIMING = ("time/", "perf/")
 
@@ -172,18 +178,29 @@ def test_resume_equals_uninterrupted(setup, how: str) -> None:
         )
 
 
+def _learn(setup: dict) -> list[dict]:
+    """The 40-step learning run on the exact engine (shared by the learning tests; run once)."""
+    runs = setup["root"] / "runs"
+    if not (runs / "learn" / "metrics.jsonl").exists() or len(read_metrics(runs / "learn")) < 40:
+        # Check mode on: every step the engine's logprobs must match the trainer's within 1e-3.
+        learn = _recipe(setup, "learn", train={"steps": 40}, logging={"plot_every": 20}, rollout={"check": True})
+        run_train(learn, timeout=900)
+    return read_metrics(runs / "learn")
+
+
+def _mean(m: list[dict], key: str, sl: slice) -> float:
+    values = [r[key] for r in m[sl]]
+    return sum(values) / len(values)
+
+
 def test_reward_rises(setup) -> None:
     """Secret-number task, 40 steps of 8 prompts x 8 samples: reward and accuracy must rise."""
     runs = setup["root"] / "runs"
-    # Check mode on: every step the engine's logprobs must match the trainer's within 1e-3.
-    learn = _recipe(setup, "learn", train={"steps": 40}, logging={"plot_every": 20}, rollout={"check": True})
-    run_train(learn, timeout=900)
-    m = read_metrics(runs / "learn")
+    m = _learn(setup)
     assert len(m) == 40
 
     def mean(key: str, sl: slice) -> float:
-        values = [r[key] for r in m[sl]]
-        return sum(values) / len(values)
+        return _mean(m, key, sl)
 
     first, last = slice(0, 5), slice(-5, None)
     reward_gain = mean("reward/total_mean", last) - mean("reward/total_mean", first)
@@ -192,6 +209,29 @@ def test_reward_rises(setup) -> None:
     assert acc_gain >= 0.2, f"final-answer accuracy rose by only {acc_gain:.3f}"
     assert mean("reward/format_valid_rate", last) >= 0.7, "the format collapsed while learning"
     assert (runs / "learn" / "plots" / "reward.png").exists()
+
+
+def test_mismatched_rollout_with_correction_learns(setup) -> None:
+    """The engine serves fp4-rounded weights (a real mismatch the metrics must show) and the update
+    uses truncated importance sampling: the run learns within a stated margin of the exact engine's."""
+    runs = setup["root"] / "runs"
+    exact = _learn(setup)
+    recipe = _recipe(
+        setup, "mismatch-tis", train={"steps": 40}, rollout={"simulate_mismatch": "fp4"},
+        grpo={"rollout_correction": "tis", "correction_cap": 2.0},
+    )  # fmt: skip
+    out = run_train(recipe, timeout=900)
+    assert "rollout.simulate_mismatch=fp4" in out and "not low-precision kernels" in out
+    m = read_metrics(runs / "mismatch-tis")
+    assert len(m) == 40
+    kl, kl_exact = _mean(m, "rollout/mismatch_kl", slice(None)), _mean(exact, "rollout/mismatch_kl", slice(None))
+    assert kl > 1e-4 and kl > 100 * kl_exact, f"no real mismatch: KL {kl:.2e} vs exact engine {kl_exact:.2e}"
+    assert max(r["rollout/is_ratio_max"] for r in m) > 2.0, "no token ratio above the cap: tis never truncated"
+    assert _mean(m, "grpo/correction_fraction", slice(None)) > 0
+    last = slice(-5, None)
+    gap = _mean(exact, "reward/total_mean", last) - _mean(m, "reward/total_mean", last)
+    assert gap <= MISMATCH_MARGIN, f"corrected run's final reward is {gap:.3f} below the exact engine's"
+    assert _mean(m, "reward/total_mean", last) - _mean(m, "reward/total_mean", slice(0, 5)) >= 0.15
 
 
 def test_check_mode_fails_loudly(setup) -> None:

@@ -111,10 +111,12 @@ def test_std_modes_by_hand() -> None:
     r = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
     assert group_advantages(r, std="population", eps=1e-12).tolist()[0] == pytest.approx([1, -1, -1, 1])
     s = math.sqrt(1 / 3)  # sum of squares 4 * 0.25 = 1, over N - 1 = 3
-    assert group_advantages(r, std="unbiased", eps=1e-12).tolist()[0] == pytest.approx([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s])
+    assert group_advantages(r, std="unbiased", eps=1e-12).tolist()[0] == pytest.approx(
+        [0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s]
+    )
     assert group_advantages(r, std="none").tolist()[0] == [0.5, -0.5, -0.5, 0.5]
     assert group_advantages(torch.tensor([[2.0] * 4]), std="unbiased", eps=1e-9).tolist()[0] == [0.0] * 4
-    with pytest.raises(ValueError, match="grpo.std"):
+    with pytest.raises(ValueError, match=r"grpo\.std"):
         group_advantages(r, std="sample")
 
 
@@ -183,7 +185,7 @@ def test_config_refuses_invalid_correction_combinations() -> None:
             _validate(grpo=grpo, rollout=sections.get("rollout", {}))
     with pytest.raises(ConfigError, match=r"grpo\.ratio_cap \(1\.1\) must be 0 \(off\) or above 1 \+ grpo\.clip_high"):
         _validate(grpo={"ratio_cap": 1.1})
-    with pytest.raises(ConfigError, match="rollout.check .* cannot pass"):
+    with pytest.raises(ConfigError, match=r"rollout\.check .* cannot pass"):
         _validate(rollout={"simulate_mismatch": "fp8", "check": True})
 
 
@@ -206,7 +208,7 @@ def test_simulated_precision_rounds_what_it_says() -> None:
     assert dict(simulate_precision([("x", ids)], "bf16"))["x"] is ids
     assert torch.equal(fake_quant_fp8(torch.zeros(3)), torch.zeros(3))
     assert dict(simulate_precision([("a", w)], "none"))["a"] is w
-    with pytest.raises(ValueError, match="rollout.simulate_mismatch"):
+    with pytest.raises(ValueError, match=r"rollout\.simulate_mismatch"):
         list(simulate_precision([("a", w)], "int4"))
 
 
