@@ -39,7 +39,7 @@ from grpo_fixtures import (
 
 # How far below the exact engine's mean reward (last 5 steps) the fp4-mismatched, tis-corrected run
 # may end. Measured: see the note of the rollout-correction issue (tools/bench_mismatch.py).
-MISMATCH_MARGIN = 0.15
+MISMATCH_MARGIN = 0.08
 # Keys that measure time, not the computation.
 _TIMING = ("time/", "perf/")
 
