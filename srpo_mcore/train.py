@@ -12,8 +12,8 @@ process per device, SPMD). Every step reads like the algorithm:
 Owns the GRPO step and its parts of the run: the colocated engine (refitted after every update and
 after a resume), the reward scorer, the frozen reference model (only when ``grpo.kl_coef > 0``),
 dynamic sampling, rollout saving/replay, check mode and the simulated rollout mismatch
-(``rollout.simulate_mismatch``: the refit stream rounded on its way into the engine). The loop's lifecycle (resume, SIGTERM,
-checkpoints, plots, HF export) is ``trainer_core.MegatronTrainer``'s.
+(``rollout.simulate_mismatch``: the refit stream rounded on its way into the engine). The loop's
+lifecycle (resume, SIGTERM, checkpoints, plots, HF export) is ``trainer_core.MegatronTrainer``'s.
 
 The run directory is ``<output_dir>/<name>/``: ``config.yaml``, ``metrics.jsonl``, ``plots/``,
 ``checkpoints/``, ``wandb/``, ``rollouts/`` (with ``rollout.save_rollouts``), ``hf/`` (final export).

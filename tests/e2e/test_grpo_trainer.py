@@ -1,6 +1,6 @@
 """The GRPO trainer end to end (``python -m srpo_mcore.train`` as users run it), on CPU.
 
-- layouts: the same saved rollouts (replay mode; sampled by an engine serving fp8-rounded weights,
+- layouts: the same saved rollouts (replay mode; sampled by an engine serving fp4-rounded weights,
   trained with the ``tis`` rollout correction) trained at TP=1, TP=2, PP=2 and CP=2 for two steps
   give the same loss, mismatch metrics and updated weights (exported HF checkpoints) within 1e-5; with
   ``grpo.kl_coef > 0`` (reference model, TP=2) the k3 KL grows from ~0 and enters the loss.
@@ -71,9 +71,9 @@ def test_layouts_equal_tp1(setup) -> None:
     optim = {"lr": 5.0e-5}  # Adam's first steps move every weight by ~lr: keeps layout noise well under 1e-5
     train = {"steps": 2, "save_every": 0, "export_hf_at_end": True, "updates_per_step": 2}
     grpo = {"dynamic_sampling": True, "max_refill_rounds": 2, "rollout_correction": "tis"}
-    # The engine serves fp8-rounded weights, so the saved rollout logprobs are not the trainer's and
+    # The engine serves fp4-rounded weights, so the saved rollout logprobs are not the trainer's and
     # every replay below weights its tokens by a real, varied correction ratio.
-    source = {"save_rollouts": True, "simulate_mismatch": "fp8"}
+    source = {"save_rollouts": True, "simulate_mismatch": "fp4"}
     run_train(_recipe(setup, "source", rollout=source, optim=optim, train=train, grpo=grpo))
     for m in read_metrics(runs / "source"):  # dynamic sampling refilled the filtered groups (or gave up)
         assert m["grpo/groups_trained"] == 8 or m["grpo/refill_rounds"] == 2, m
@@ -89,8 +89,9 @@ def test_layouts_equal_tp1(setup) -> None:
     for name, (overrides, nproc) in layouts.items():
         run_train(_recipe(setup, name, rollout=replay, train=train, optim=optim, grpo=grpo), overrides, nproc=nproc)
     ref_metrics = read_metrics(runs / "tp1")
-    for m in ref_metrics:
-        assert m["rollout/mismatch_kl"] > 1e-6 and 0 < m["grpo/correction_fraction"] < 0.5, m
+    assert all(m["rollout/mismatch_kl"] > 1e-5 for m in ref_metrics), "the replayed rollouts carry no mismatch"
+    fractions = [m["grpo/correction_fraction"] for m in ref_metrics]
+    assert max(fractions) > 0 and max(fractions) < 0.5, f"the correction must truncate some tokens: {fractions}"
     ref = load_file(runs / "tp1" / "hf" / "model.safetensors")
     init = load_file(Path(setup["policy"]) / "model.safetensors")
     moved = max((ref[k] - init[k]).abs().max().item() for k in ref)
