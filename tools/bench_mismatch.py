@@ -6,14 +6,16 @@ trainer tests; same data, seeds, steps and samples in every arm) the trainer kee
 engine serves
 
 - ``no mismatch``: the trainer's weights exactly (``rollout.simulate_mismatch=none``);
-- ``mismatch``: the weights rounded as ``--precision`` would round them, no correction;
+- ``mismatch``: the weights as ``--precision`` serves them, no correction (``fp8``: quantised by
+  ModelOpt, ``rollout.precision=fp8`` with ``--fp8-scheme``; ``fp4``/``bf16``: rounded,
+  ``rollout.simulate_mismatch``);
 - ``mismatch + <mode>``: the same rounding with ``grpo.rollout_correction=<mode>``.
 
 Prints one table (mismatch KL, ratio quantiles, corrected-token fraction, reward and final-answer
 accuracy over the first and last five steps) and writes ``<out>/mismatch_reward.png`` (mean reward
 per step, smoothed, one line per arm) and ``<out>/mismatch_kl.png``.
 
-    .venv/bin/python tools/bench_mismatch.py [--precision fp8|fp4|bf16] [--mode tis] [--steps 40] [--out DIR]
+    .venv/bin/python tools/bench_mismatch.py [--precision fp8|fp4|bf16] [--fp8-scheme block128|per_tensor] [--mode tis] [--steps 40] [--out DIR]
 
 Each arm is ``python -m srpo_mcore.train`` in a subprocess (~2.5 min per 40 steps on 2 cores).
 """
@@ -71,6 +73,7 @@ def _smooth(values: list[float], span: int = 5) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--precision", choices=["fp8", "fp4", "bf16"], default="fp8", help="simulated rollout precision")
+    ap.add_argument("--fp8-scheme", choices=["block128", "per_tensor"], default="block128", help="rollout.fp8_scheme")
     ap.add_argument("--mode", default="tis", help="grpo.rollout_correction of the corrected arm")
     ap.add_argument("--cap", type=float, default=2.0, help="grpo.correction_cap")
     ap.add_argument("--steps", type=int, default=40)
@@ -81,11 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     task = secret_task(work / "task")
     print(f"[bench_mismatch] warm policy and task under {work}", flush=True)
     policy = warm_policy(build_tiny_checkpoint("gqa"), work / "warm", task, steps=200)
+    served = (
+        {"precision": "fp8", "fp8_scheme": args.fp8_scheme}
+        if args.precision == "fp8"
+        else {"simulate_mismatch": args.precision}
+    )
     arms = {
         "no mismatch": {"rollout": {"simulate_mismatch": "none"}, "grpo": {"rollout_correction": "none"}},
-        "mismatch": {"rollout": {"simulate_mismatch": args.precision}, "grpo": {"rollout_correction": "none"}},
+        "mismatch": {"rollout": served, "grpo": {"rollout_correction": "none"}},
         f"mismatch + {args.mode}": {
-            "rollout": {"simulate_mismatch": args.precision},
+            "rollout": served,
             "grpo": {"rollout_correction": args.mode, "correction_cap": args.cap},
         },
     }
@@ -98,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         results[label] = _run(recipe, work)
 
     head = ("arm", "mismatch KL", "ratio p01", "p99", "max", "corrected", "reward first5", "reward last5", "acc last5")
-    print(f"\nrollout precision simulated: {args.precision} (trainer fp32); correction cap {args.cap}\n")
+    scheme = f" {args.fp8_scheme} (ModelOpt)" if args.precision == "fp8" else ""
+    print(f"\nrollout precision simulated: {args.precision}{scheme} (trainer fp32); correction cap {args.cap}\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for label, rows in results.items():

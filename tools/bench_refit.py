@@ -8,7 +8,12 @@
    into memory that is already mapped, as the engine's parameters are; best of as many runs).
 2. Generation: tokens/s of the bridge vs HF ``generate`` on the tiny model, same prompts, greedy.
 
-    .venv/bin/python tools/bench_refit.py [--layers 4] [--repeats 3]
+With ``--precision fp8`` the same model is also refitted as ``rollout.precision=fp8`` refits it
+(the language model's linear weights quantised by ModelOpt on every refit; on CPU multiplied back
+and served in bf16, on GPU the FP8 weights and scales), and the ModelOpt quantisation of the stream
+is timed alone; the table shows both refits and their ratio.
+
+    .venv/bin/python tools/bench_refit.py [--layers 4] [--repeats 3] [--precision fp8 [--fp8-scheme block128]]
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the refit model")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gen-tokens", type=int, default=64)
+    parser.add_argument("--precision", choices=["bf16", "fp8"], default="bf16", help="also time the fp8 refit")
+    parser.add_argument("--fp8-scheme", choices=["block128", "per_tensor"], default="block128")
     args = parser.parse_args()
     os.environ.setdefault("MASTER_PORT", "29878")
 
@@ -68,6 +75,18 @@ def main() -> None:
             stats = engine.update_weights(iter_hf_weights(model))
             times.append(stats.seconds)
             nbytes = stats.bytes
+        fp8_times: list[float] = []
+        quant_times: list[float] = []
+        if args.precision == "fp8":
+            from srpo_mcore.checkpoint.fp8 import fake_quant_stream, quantize_stream
+
+            served = quantize_stream if engine.on_gpu else fake_quant_stream
+            for _ in range(args.repeats):
+                fp8_times.append(engine.update_weights(served(iter_hf_weights(model), args.fp8_scheme)).seconds)
+                start = time.perf_counter()
+                for _item in quantize_stream(iter_hf_weights(model), args.fp8_scheme):
+                    pass
+                quant_times.append(time.perf_counter() - start)
         engine.close()
         refit_s = min(times)
         # The limit: the same bytes copied into memory that is already mapped (as the engine's
@@ -83,6 +102,11 @@ def main() -> None:
         copy_s = min(copy_times)
         rows.append(("refit (gather + weight map + load)", nbytes / refit_s / 1e9, refit_s))
         rows.append(("memcpy of the same bytes (limit)", nbytes / copy_s / 1e9, copy_s))
+        if fp8_times:
+            rows.append(
+                (f"fp8 {args.fp8_scheme} refit (ModelOpt + load)", nbytes / min(fp8_times) / 1e9, min(fp8_times))
+            )
+            rows.append(("  of which ModelOpt quantisation", nbytes / min(quant_times) / 1e9, min(quant_times)))
         del copies, model
 
     print(
@@ -93,6 +117,12 @@ def main() -> None:
     for name, gbs, sec in rows:
         print(f"| {name:<38} | {gbs:>6.2f} | {sec:>8.3f} |")
     print(f"refit reaches {rows[0][1] / rows[1][1]:.0%} of the memory-copy limit")
+    if fp8_times:
+        where = "GPU: FP8 weights + scales" if torch.cuda.is_available() else "CPU: dequantised, served in bf16"
+        print(f"fp8 refit / bf16 refit = {min(fp8_times) / refit_s:.1f}x ({where}; GB/s counts the bf16 bytes)")
+        print(
+            f"fp8 runs (s): refit {' '.join(f'{t:.3f}' for t in fp8_times)}; quantise {' '.join(f'{t:.3f}' for t in quant_times)}"
+        )
     print(
         f"all runs (s): refit {' '.join(f'{t:.3f}' for t in times)}; memcpy {' '.join(f'{t:.3f}' for t in copy_times)}"
     )

@@ -23,7 +23,9 @@ MCORE_TO_HF_DOC = """Export a Megatron-Core checkpoint (from convert_hf_to_mcore
     python tools/convert_mcore_to_hf.py --mcore-dir ckpt/7b-mcore --out Qwen2.5-VL-7B-srpo
 
 Writes sharded safetensors + index, config.json, tokenizer, processor and chat template, loadable
-by transformers and vLLM. --tp/--pp load the checkpoint on that many local processes (faster for
+by transformers and vLLM. --quantize fp8 writes the language model's linear weights in FP8 as
+NVIDIA ModelOpt's HF export does (128x128 block scales, `fp8_pb_wo`; embeddings, LM head, norms,
+vision tower and merger stay in the checkpoint's dtype), which vLLM serves on GPU. --tp/--pp load the checkpoint on that many local processes (faster for
 large models; each holds only its shard). --reshard-tp/--reshard-pp instead write a Megatron
 checkpoint at another layout.
 """
@@ -70,10 +72,16 @@ def mcore_to_hf_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-shard-gb", type=float, default=5.0, help="largest safetensors shard (default 5 GB)")
     parser.add_argument("--reshard-tp", type=int, default=None, help="write a Megatron checkpoint at this TP instead")
     parser.add_argument("--reshard-pp", type=int, default=None, help="... and this PP")
+    parser.add_argument("--quantize", choices=["fp8"], default=None, help="write FP8 linear weights (ModelOpt format)")
+    parser.add_argument(
+        "--fp8-scheme", choices=["block128"], default="block128", help="FP8 scales: one per 128x128 block (default)"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     args = parser.parse_args(argv)
     pin_mmap_threshold()  # this process converts and exits
     start = time.perf_counter()
+    if args.quantize and (args.reshard_tp is not None or args.reshard_pp is not None):
+        parser.error("--quantize writes an HF checkpoint; it does not combine with --reshard-tp/--reshard-pp")
     try:
         if args.reshard_tp is not None or args.reshard_pp is not None:
             out = reshard_mcore(
@@ -87,6 +95,7 @@ def mcore_to_hf_main(argv: list[str] | None = None) -> int:
                 pp=args.pp,
                 force=args.force,
                 max_shard_bytes=int(args.max_shard_gb * 1e9),
+                quantize=args.fp8_scheme if args.quantize else None,
             )
     except (ConversionError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

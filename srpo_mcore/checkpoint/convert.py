@@ -373,7 +373,14 @@ def _stored_row(row: Any, param: Any, chunks: list[Any], source: Any, arch: Qwen
 
 
 def _mcore_to_hf_worker(
-    src: str, tmp_out: str, arch: Qwen25VLArch, tp: int, pp: int, dtype: str, max_shard_bytes: int
+    src: str,
+    tmp_out: str,
+    arch: Qwen25VLArch,
+    tp: int,
+    pp: int,
+    dtype: str,
+    max_shard_bytes: int,
+    quantize: str | None = None,
 ) -> tuple[int, int]:
     """Export a layer at a time: load its shards from the checkpoint, gather, write, forget.
 
@@ -382,6 +389,8 @@ def _mcore_to_hf_worker(
     one layer (plus the tensors being written), never its whole shard. A one-rank export does not
     read what it need not transform: an HF tensor that the checkpoint already stores raw (a whole
     tensor file, as ``hf_to_mcore`` writes them) is copied file to file (``_stored_row``).
+    With `quantize` (an FP8 scheme) the language model's linear weights are written in FP8 with
+    their scales (``checkpoint.fp8``, ModelOpt's format) and the copy shortcut is off.
     Returns (peak RSS, bytes copied file to file).
     """
     import torch
@@ -403,7 +412,7 @@ def _mcore_to_hf_worker(
     source = ChunkReader(src)
     total = sum(len(r.hf) for r in weight_rows(arch))
     bar = tqdm(total=total, desc="export", unit="tensor", disable=dist.get_rank() != 0)
-    one_rank = dist.get_world_size() == 1  # with more, every row is gathered collectively
+    one_rank = dist.get_world_size() == 1 and quantize is None  # else every row is materialised
     copied = [0]
 
     def weights() -> Any:
@@ -434,7 +443,21 @@ def _mcore_to_hf_worker(
                 param.data = torch.empty_like(param.data)
 
     if dist.get_rank() == 0:
-        write_hf_checkpoint(weights(), arch, tmp_out, source_dir=src, max_shard_bytes=max_shard_bytes, force=True)
+        stream, quantization = weights(), None
+        if quantize is not None:
+            from srpo_mcore.checkpoint.fp8 import quantization_metadata, quantize_stream
+
+            quantization = quantization_metadata(quantize)
+            stream = quantize_stream(stream, quantize)
+        write_hf_checkpoint(
+            stream,
+            arch,
+            tmp_out,
+            source_dir=src,
+            max_shard_bytes=max_shard_bytes,
+            force=True,
+            quantization=quantization,
+        )
     else:
         for _ in weights():  # the gathers and broadcasts are collective: every rank walks every row
             pass
@@ -511,8 +534,12 @@ def mcore_to_hf(
     force: bool = False,
     max_shard_bytes: int = 5 * 2**30,
     stats: dict[str, int] | None = None,
+    quantize: str | None = None,
 ) -> Path:
     """Export a Megatron checkpoint as an HF checkpoint (loading it at TP x PP ranks).
+
+    `quantize`: an FP8 scheme of ``checkpoint.fp8`` (``block128``): the language model's linear
+    weights are written in ModelOpt's FP8 format, everything else as stored.
 
     `stats`, when given, receives ``peak_rss_bytes`` of the largest rank process and
     ``copied_bytes``, the tensor bytes copied file to file instead of being read and written.
@@ -521,10 +548,17 @@ def mcore_to_hf(
     meta = read_meta(src)
     arch = meta["arch"]
     check_layout(arch, tp, pp)
+    if quantize is not None:
+        from srpo_mcore.checkpoint.fp8 import FP8Error, quantization_metadata
+
+        try:
+            quantization_metadata(quantize)  # refuses an unknown or unexported scheme before any work
+        except FP8Error as e:
+            raise ConversionError(f"--quantize fp8 --fp8-scheme {quantize}: {e}") from e
 
     def write(tmp: Path) -> None:
         results = _on_ranks(
-            _mcore_to_hf_worker, tp * pp, str(src), str(tmp), arch, tp, pp, meta["dtype"], max_shard_bytes
+            _mcore_to_hf_worker, tp * pp, str(src), str(tmp), arch, tp, pp, meta["dtype"], max_shard_bytes, quantize
         )
         if stats is not None:
             stats["peak_rss_bytes"] = max(peak for peak, _ in results)

@@ -107,8 +107,12 @@ def write_hf_checkpoint(
     source_dir: str | Path | None = None,
     max_shard_bytes: int = 5 * 2**30,
     force: bool = False,
+    quantization: tuple[dict, dict] | None = None,
 ) -> Path:
     """Write an HF Qwen2.5-VL checkpoint to `out_dir` and return it.
+
+    `quantization`: (``quantization_config`` of ``config.json``, ``hf_quant_config.json``) of
+    quantised weights in the stream (``checkpoint.fp8.quantization_metadata``).
 
     Raises:
         FileExistsError: `out_dir` already holds a checkpoint and `force` is False.
@@ -152,6 +156,11 @@ def write_hf_checkpoint(
             shutil.copy2(source_config, tmp / "config.json")  # keeps every field of the original
         else:
             arch.to_hf().to_json_file(str(tmp / "config.json"))
+        if quantization is not None:
+            config = json.loads((tmp / "config.json").read_text())
+            config["quantization_config"] = quantization[0]
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (tmp / "hf_quant_config.json").write_text(json.dumps(quantization[1], indent=4) + "\n")
         if source_dir is not None:
             for side in SIDE_FILES:
                 src = Path(source_dir) / side

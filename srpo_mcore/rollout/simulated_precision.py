@@ -6,14 +6,14 @@ engine has no low-precision kernels. Each tensor is rounded and returned in its 
 engine computes in that dtype with rounded values:
 
 - ``bf16``: every floating tensor rounded to bfloat16 (round to nearest even);
-- ``fp8``: the language model's linear weights (attention Q/K/V/O, MLP gate/up/down) fake-quantised
-  to float8 e4m3 with one scale per tensor (``amax / 448``, e4m3's largest finite value);
-  embeddings, the LM head, norms, the vision tower and the merger are left as they are;
-- ``fp4``: the same linear weights fake-quantised to float4 e2m1 (values 0, 0.5, 1, 1.5, 2, 3, 4, 6)
-  with one scale per block of 16 consecutive input elements (``amax / 6``), the shape of NVFP4
-  weights (whose block scales are themselves e4m3; here they stay fp32) — a strong mismatch.
+- ``fp4``: the language model's linear weights (attention Q/K/V/O, MLP gate/up/down) fake-quantised
+  to float4 e2m1 (values 0, 0.5, 1, 1.5, 2, 3, 4, 6) with one scale per block of 16 consecutive
+  input elements (``amax / 6``), the shape of NVFP4 weights (whose block scales are themselves
+  e4m3; here they stay fp32) — a strong mismatch; embeddings, the LM head, norms, the vision tower
+  and the merger are left as they are.
 
-Does not own: serving the weights (``rollout.engine``), FP8 checkpoints, real FP8 kernels.
+Does not own: serving the weights (``rollout.engine``), FP8 (``checkpoint.fp8`` with ModelOpt:
+``rollout.precision``), real low-precision kernels.
 """
 
 from __future__ import annotations
@@ -23,23 +23,13 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-MODES = ("none", "bf16", "fp8", "fp4")
-FP8_E4M3_MAX = 448.0
+MODES = ("none", "bf16", "fp4")
 LM_LINEAR = re.compile(r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")
 
 
 def round_bf16(t: torch.Tensor) -> torch.Tensor:
     """`t` rounded to bfloat16, in `t`'s dtype (non-floating tensors unchanged)."""
     return t.to(torch.bfloat16).to(t.dtype) if t.is_floating_point() else t
-
-
-def fake_quant_fp8(t: torch.Tensor) -> torch.Tensor:
-    """`t` quantised to float8 e4m3 with a per-tensor scale and dequantised, in `t`'s dtype."""
-    amax = t.detach().abs().max().float()
-    if amax == 0:
-        return t.clone()
-    scale = amax / FP8_E4M3_MAX
-    return ((t.float() / scale).to(torch.float8_e4m3fn).float() * scale).to(t.dtype)
 
 
 FP4_E2M1_MAX = 6.0
@@ -65,14 +55,12 @@ def fake_quant_fp4(t: torch.Tensor, block: int = FP4_BLOCK) -> torch.Tensor:
 
 
 def simulate_precision(weights: Iterable[tuple[str, torch.Tensor]], mode: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """The refit stream with each tensor rounded as `mode` (``none``/``bf16``/``fp8``) rounds it."""
+    """The refit stream with each tensor rounded as `mode` (``none``/``bf16``/``fp4``) rounds it."""
     if mode not in MODES:
         raise ValueError(f"rollout.simulate_mismatch must be one of {', '.join(MODES)}, got {mode!r}")
     for name, tensor in weights:
         if mode == "bf16":
             yield name, round_bf16(tensor)
-        elif mode == "fp8" and LM_LINEAR.match(name):
-            yield name, fake_quant_fp8(tensor)
         elif mode == "fp4" and LM_LINEAR.match(name):
             yield name, fake_quant_fp4(tensor)
         else:

@@ -235,6 +235,28 @@ def test_mismatched_rollout_with_correction_learns(setup) -> None:
     assert _mean(m, "reward/total_mean", last) - _mean(m, "reward/total_mean", slice(0, 5)) >= 0.15
 
 
+def test_fp8_rollout_with_correction_learns(setup) -> None:
+    """rollout.precision=fp8 (CPU: ModelOpt's FP8 weights dequantised, the GPU engine's values) with
+    truncated importance sampling: a logged mismatch, and learning within a margin of the exact engine."""
+    runs = setup["root"] / "runs"
+    exact = _learn(setup)
+    recipe = _recipe(
+        setup, "fp8-tis", train={"steps": 40}, rollout={"precision": "fp8", "fp8_scheme": "block128"},
+        grpo={"rollout_correction": "tis", "correction_cap": 2.0},
+    )  # fmt: skip
+    out = run_train(recipe, timeout=900)
+    assert "rollout.precision=fp8 on CPU: SIMULATED FP8" in out and "not FP8 speed" in out
+    m = read_metrics(runs / "fp8-tis")
+    assert len(m) == 40
+    kl, kl_exact = _mean(m, "rollout/mismatch_kl", slice(None)), _mean(exact, "rollout/mismatch_kl", slice(None))
+    assert kl > 1e-6 and kl > 100 * kl_exact, f"no FP8 mismatch: KL {kl:.2e} vs exact engine {kl_exact:.2e}"
+    last = slice(-5, None)
+    gap = _mean(exact, "reward/total_mean", last) - _mean(m, "reward/total_mean", last)
+    assert gap <= MISMATCH_MARGIN, f"fp8 + tis run's final reward is {gap:.3f} below the exact engine's"
+    assert _mean(m, "reward/total_mean", last) - _mean(m, "reward/total_mean", slice(0, 5)) >= 0.15
+    print(f"fp8 block128 + tis: mismatch KL {kl:.3e} (exact {kl_exact:.3e}), final-reward gap {gap:+.3f}")
+
+
 def test_check_mode_fails_loudly(setup) -> None:
     """Check mode compares the engine's weights after the refit (and passes); a tolerance below the
     engine-vs-trainer numerical gap must stop the run and say why."""

@@ -27,7 +27,7 @@ from srpo_mcore.rl.rollout_correction import (
     sequence_log_ratio,
     sequence_sums,
 )
-from srpo_mcore.rollout.simulated_precision import fake_quant_fp4, fake_quant_fp8, simulate_precision
+from srpo_mcore.rollout.simulated_precision import fake_quant_fp4, simulate_precision
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -186,7 +186,11 @@ def test_config_refuses_invalid_correction_combinations() -> None:
     with pytest.raises(ConfigError, match=r"grpo\.ratio_cap \(1\.1\) must be 0 \(off\) or above 1 \+ grpo\.clip_high"):
         _validate(grpo={"ratio_cap": 1.1})
     with pytest.raises(ConfigError, match=r"rollout\.check .* cannot pass"):
-        _validate(rollout={"simulate_mismatch": "fp8", "check": True})
+        _validate(rollout={"simulate_mismatch": "fp4", "check": True})
+    with pytest.raises(ConfigError, match=r"rollout\.precision=fp8 serves quantised weights; rollout\.check"):
+        _validate(rollout={"precision": "fp8", "check": True})
+    with pytest.raises(ConfigError, match=r"both change the served weights"):
+        _validate(rollout={"precision": "fp8", "simulate_mismatch": "bf16"})
 
 
 def test_simulated_precision_rounds_what_it_says() -> None:
@@ -194,22 +198,20 @@ def test_simulated_precision_rounds_what_it_says() -> None:
     w = torch.randn(64, 32, generator=gen)
     names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.3.mlp.down_proj.weight",
              "model.embed_tokens.weight", "model.layers.0.input_layernorm.weight", "visual.blocks.0.mlp.fc1.weight"]  # fmt: skip
-    fp8 = dict(simulate_precision(((n, w) for n in names), "fp8"))
-    scale = w.abs().max() / 448.0
-    expected = (w / scale).to(torch.float8_e4m3fn).float() * scale
-    assert torch.equal(fp8[names[0]], expected) and torch.equal(fp8[names[1]], expected)
-    assert not torch.equal(expected, w) and fp8[names[0]].dtype == torch.float32
+    fp4 = dict(simulate_precision(((n, w) for n in names), "fp4"))
+    expected = fake_quant_fp4(w)
+    assert torch.equal(fp4[names[0]], expected) and torch.equal(fp4[names[1]], expected)
+    assert not torch.equal(expected, w) and fp4[names[0]].dtype == torch.float32
     for n in names[2:]:
-        assert fp8[n] is w, f"{n} must stay as the trainer has it in fp8 mode"
+        assert fp4[n] is w, f"{n} must stay as the trainer has it in fp4 mode"
     bf16 = dict(simulate_precision(((n, w) for n in names), "bf16"))
     for n in names:
         assert torch.equal(bf16[n], w.to(torch.bfloat16).float())
     ids = torch.arange(4)
     assert dict(simulate_precision([("x", ids)], "bf16"))["x"] is ids
-    assert torch.equal(fake_quant_fp8(torch.zeros(3)), torch.zeros(3))
     assert dict(simulate_precision([("a", w)], "none"))["a"] is w
     with pytest.raises(ValueError, match=r"rollout\.simulate_mismatch"):
-        list(simulate_precision([("a", w)], "int4"))
+        list(simulate_precision([("a", w)], "fp8"))  # FP8 is rollout.precision (ModelOpt), not a simulation
 
 
 def test_fp4_blocks_by_hand() -> None:
