@@ -147,7 +147,7 @@ class GRPOTrainer(MegatronTrainer):
             return ReplaySource(ro.replay_dir)
         from srpo_mcore.rollout.engine import RolloutEngine
 
-        hf_dir = self.hf_dir
+        hf_dir: str | Path = self.hf_dir
         if ro.precision == "fp8" and torch.cuda.is_available():
             hf_dir = self._write_fp8_engine_checkpoint()
         return RolloutEngine(
@@ -168,9 +168,10 @@ class GRPOTrainer(MegatronTrainer):
         except FP8Error as e:
             raise ValueError(f"rollout.fp8_scheme={ro.fp8_scheme} cannot be served by the GPU engine: {e}") from e
         out = self.run_dir / "rollout_fp8"
-        stream = quantize_stream(iter_hf_weights(self.model), ro.fp8_scheme)
+        stream = iter_hf_weights(self.model)
         if self.env.rank == 0:
-            write_hf_checkpoint(stream, self.model.arch, out, source_dir=self.hf_dir, force=True, quantization=metadata)
+            fp8 = quantize_stream(stream, ro.fp8_scheme)
+            write_hf_checkpoint(fp8, self.model.arch, out, source_dir=self.hf_dir, force=True, quantization=metadata)
             log.info("rollout.precision=fp8: engine checkpoint (ModelOpt %s) written to %s", ro.fp8_scheme, out)
         else:
             for _ in stream:  # the gather is collective

@@ -106,7 +106,9 @@ def main() -> None:
             rows.append(
                 (f"fp8 {args.fp8_scheme} refit (ModelOpt + load)", nbytes / min(fp8_times) / 1e9, min(fp8_times))
             )
-            rows.append(("  of which ModelOpt quantisation", nbytes / min(quant_times) / 1e9, min(quant_times)))
+            rows.append(
+                ("  gather + ModelOpt quantisation, no load", nbytes / min(quant_times) / 1e9, min(quant_times))
+            )
         del copies, model
 
     print(

@@ -134,21 +134,24 @@ def quantize_linears(weights: dict[str, torch.Tensor], scheme: str, dtype: torch
         if missing:
             raise FP8Error(f"{path} is fused with {', '.join(missing)}, which are missing: quantise them together")
     tree = _linear_tree(weights)
-    with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers" per call
-        mtq.quantize(tree, modelopt_config(scheme), forward_loop=None)  # weight-only max calibration
-    done: set[str] = set()
-    for path in weights:
-        group = GROUPS[path]
-        # ModelOpt's export fuses shared-input linears for every format except per-tensor FP8.
-        if scheme == "block128" and len(group) > 1 and group[0] not in done:
-            preprocess_linear_fusion([tree.get_submodule(g) for g in group])
-            done.add(group[0])
     out: dict[str, torch.Tensor] = {}
-    for path in weights:
-        module = tree.get_submodule(path)
-        _export_quantized_weight(module, dtype)
-        out[f"{path}.weight"] = module.weight.data
-        out[f"{path}.weight_scale"] = module.weight_scale
+    # Per call ModelOpt prints "Inserted N quantizers" and warns that these stand-alone linears have
+    # no Megatron parallel state (they are whole tensors, gathered already): keep the log readable.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"modelopt\.")
+        mtq.quantize(tree, modelopt_config(scheme), forward_loop=None)  # weight-only max calibration
+        done: set[str] = set()
+        for path in weights:
+            group = GROUPS[path]
+            # ModelOpt's export fuses shared-input linears for every format except per-tensor FP8.
+            if scheme == "block128" and len(group) > 1 and group[0] not in done:
+                preprocess_linear_fusion([tree.get_submodule(g) for g in group])
+                done.add(group[0])
+        for path in weights:
+            module = tree.get_submodule(path)
+            _export_quantized_weight(module, dtype)
+            out[f"{path}.weight"] = module.weight.data
+            out[f"{path}.weight_scale"] = module.weight_scale
     return out
 
 

@@ -212,49 +212,41 @@ def test_reward_rises(setup) -> None:
     assert (runs / "learn" / "plots" / "reward.png").exists()
 
 
+def _corrected_run(setup, name: str, rollout: dict, says: str) -> tuple[list[dict], float, float, float]:
+    """40 steps with `rollout` served and ``tis`` (C=2) on; checks the log line, the step count and
+    that it learns. Returns (metrics, mismatch KL, the exact engine's KL, final-reward gap to it)."""
+    exact = _learn(setup)
+    grpo = {"rollout_correction": "tis", "correction_cap": 2.0}
+    out = run_train(_recipe(setup, name, train={"steps": 40}, rollout=rollout, grpo=grpo), timeout=900)
+    assert says in out, out[-3000:]
+    m = read_metrics(setup["root"] / "runs" / name)
+    assert len(m) == 40
+    kl, kl_exact = _mean(m, "rollout/mismatch_kl", slice(None)), _mean(exact, "rollout/mismatch_kl", slice(None))
+    last = slice(-5, None)
+    assert _mean(m, "reward/total_mean", last) - _mean(m, "reward/total_mean", slice(0, 5)) >= 0.15
+    return m, kl, kl_exact, _mean(exact, "reward/total_mean", last) - _mean(m, "reward/total_mean", last)
+
+
 def test_mismatched_rollout_with_correction_learns(setup) -> None:
     """The engine serves fp4-rounded weights (a real mismatch the metrics must show) and the update
     uses truncated importance sampling: the run learns within a stated margin of the exact engine's."""
-    runs = setup["root"] / "runs"
-    exact = _learn(setup)
-    recipe = _recipe(
-        setup, "mismatch-tis", train={"steps": 40}, rollout={"simulate_mismatch": "fp4"},
-        grpo={"rollout_correction": "tis", "correction_cap": 2.0},
-    )  # fmt: skip
-    out = run_train(recipe, timeout=900)
-    assert "rollout.simulate_mismatch=fp4" in out and "not low-precision kernels" in out
-    m = read_metrics(runs / "mismatch-tis")
-    assert len(m) == 40
-    kl, kl_exact = _mean(m, "rollout/mismatch_kl", slice(None)), _mean(exact, "rollout/mismatch_kl", slice(None))
+    says = "rollout.simulate_mismatch=fp4: the engine serves"
+    m, kl, kl_exact, gap = _corrected_run(setup, "mismatch-tis", {"simulate_mismatch": "fp4"}, says)
     assert kl > 1e-4 and kl > 100 * kl_exact, f"no real mismatch: KL {kl:.2e} vs exact engine {kl_exact:.2e}"
     assert max(r["rollout/is_ratio_max"] for r in m) > 2.0, "no token ratio above the cap: tis never truncated"
     assert _mean(m, "grpo/correction_fraction", slice(None)) > 0
-    last = slice(-5, None)
-    gap = _mean(exact, "reward/total_mean", last) - _mean(m, "reward/total_mean", last)
     assert gap <= MISMATCH_MARGIN, f"corrected run's final reward is {gap:.3f} below the exact engine's"
-    assert _mean(m, "reward/total_mean", last) - _mean(m, "reward/total_mean", slice(0, 5)) >= 0.15
 
 
 def test_fp8_rollout_with_correction_learns(setup) -> None:
     """rollout.precision=fp8 (CPU: ModelOpt's FP8 weights dequantised, the GPU engine's values) with
     truncated importance sampling: a logged mismatch, and learning within a margin of the exact engine."""
-    runs = setup["root"] / "runs"
-    exact = _learn(setup)
-    recipe = _recipe(
-        setup, "fp8-tis", train={"steps": 40}, rollout={"precision": "fp8", "fp8_scheme": "block128"},
-        grpo={"rollout_correction": "tis", "correction_cap": 2.0},
-    )  # fmt: skip
-    out = run_train(recipe, timeout=900)
-    assert "rollout.precision=fp8 on CPU: SIMULATED FP8" in out and "not FP8 speed" in out
-    m = read_metrics(runs / "fp8-tis")
-    assert len(m) == 40
-    kl, kl_exact = _mean(m, "rollout/mismatch_kl", slice(None)), _mean(exact, "rollout/mismatch_kl", slice(None))
-    assert kl > 1e-6 and kl > 100 * kl_exact, f"no FP8 mismatch: KL {kl:.2e} vs exact engine {kl_exact:.2e}"
-    last = slice(-5, None)
-    gap = _mean(exact, "reward/total_mean", last) - _mean(m, "reward/total_mean", last)
-    assert gap <= MISMATCH_MARGIN, f"fp8 + tis run's final reward is {gap:.3f} below the exact engine's"
-    assert _mean(m, "reward/total_mean", last) - _mean(m, "reward/total_mean", slice(0, 5)) >= 0.15
+    says = "rollout.precision=fp8 on CPU: SIMULATED FP8"
+    rollout = {"precision": "fp8", "fp8_scheme": "block128"}
+    _, kl, kl_exact, gap = _corrected_run(setup, "fp8-tis", rollout, says)
     print(f"fp8 block128 + tis: mismatch KL {kl:.3e} (exact {kl_exact:.3e}), final-reward gap {gap:+.3f}")
+    assert kl > 1e-6 and kl > 100 * kl_exact, f"no FP8 mismatch: KL {kl:.2e} vs exact engine {kl_exact:.2e}"
+    assert gap <= MISMATCH_MARGIN, f"fp8 + tis run's final reward is {gap:.3f} below the exact engine's"
 
 
 def test_check_mode_fails_loudly(setup) -> None:

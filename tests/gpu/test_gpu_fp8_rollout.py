@@ -15,31 +15,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from dist_harness_gpu import run_single
+from dist_harness_gpu import run_single, tiny_policy_on_gpu
 
 
 def _worker(root: str) -> dict:
     import torch
-    from megatron.core import tensor_parallel
     from test_rollout_bridge import _requests, _rollout_cfg
 
     from srpo_mcore.checkpoint.fp8 import quantization_metadata, quantize_stream
     from srpo_mcore.checkpoint.hf_export import write_hf_checkpoint
-    from srpo_mcore.checkpoint.load_hf import load_hf_weights
-    from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch
-    from srpo_mcore.models.qwen2_5_vl.model import ModelLayout, Qwen25VLModel
-    from srpo_mcore.parallel.dims import ParallelDims
-    from srpo_mcore.parallel.setup import destroy_parallel, init_parallel
+    from srpo_mcore.parallel.setup import destroy_parallel
     from srpo_mcore.rollout.engine import RolloutEngine
     from srpo_mcore.rollout.refit import iter_hf_weights
-    from srpo_mcore.tiny.checkpoints import build_tiny_checkpoint
 
-    path = build_tiny_checkpoint("gqa")
-    init_parallel(ParallelDims(), backend="nccl")
-    tensor_parallel.model_parallel_cuda_manual_seed(0)
-    arch = Qwen25VLArch.from_hf(path)
-    model = Qwen25VLModel(arch, ModelLayout(dtype="bf16")).cuda()
-    load_hf_weights(model, path)
+    path, arch, model = tiny_policy_on_gpu()
     meta = quantization_metadata("block128")
 
     def fp8_export(out: str) -> str:

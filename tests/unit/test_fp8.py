@@ -32,7 +32,7 @@ def _tensors(d: Path) -> dict[str, torch.Tensor]:
     out = {}
     for f in sorted(d.glob("*.safetensors")):
         with safe_open(f, "pt") as s:
-            for k in s:
+            for k in s.keys():  # noqa: SIM118 - safe_open is not iterable
                 out[k] = s.get_tensor(k)
     return out
 
