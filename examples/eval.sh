@@ -54,6 +54,7 @@ fi
 if [ "$SRPO_DRY_RUN" = 1 ]; then
   printf 'srun:'; printf ' %q' "${SRUN[@]}"; echo
   printf 'eval:'; printf ' %q' "${CMD[@]}"; echo
+  echo "dry run (SRPO_DRY_RUN=1): the commands above were printed, nothing was run" >&2
   exit 0
 fi
 : "${SLURM_JOB_ID:?eval.sh runs inside a SLURM job (sbatch)}"

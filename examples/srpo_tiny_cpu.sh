@@ -37,6 +37,7 @@ if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then SRUN+=(--cpus-per-task="$SLURM_CPUS_P
 if [ "$SRPO_DRY_RUN" = 1 ]; then
   printf 'srun:'; printf ' %q' "${SRUN[@]}"; echo
   printf 'demo:'; printf ' %q' "${CMD[@]}"; echo
+  echo "dry run (SRPO_DRY_RUN=1): the commands above were printed, nothing was run" >&2
   exit 0
 fi
 : "${SLURM_JOB_ID:?srpo_tiny_cpu.sh runs inside a SLURM job (sbatch)}"

@@ -24,7 +24,9 @@
 #   LOG_DIR         per-job logs: <LOG_DIR>/<job id>/node-<n>.log (appended across requeues)
 #   CONTAINER_IMAGE, CONTAINER_MOUNTS   pyxis/enroot container for the step (optional)
 #   RDZV_PORT       rendezvous port on the first node (default derived from the job id)
-#   SRPO_DRY_RUN=1  print the srun and per-node torchrun command lines and exit
+#   SRPO_DRY_RUN=1  print the srun and per-node torchrun command lines and exit (0). Outside a job
+#                   (a login node) it shows the job as it would run on the sbatch script's
+#                   `#SBATCH --nodes`, with placeholder host names and job id, and says so.
 set -euo pipefail
 
 : "${SRPO_ROOT:=${SLURM_SUBMIT_DIR:-$PWD}}"
@@ -37,7 +39,18 @@ set -euo pipefail
 : "${CONTAINER_MOUNTS:=}"
 : "${SRPO_OVERRIDES:=}"
 : "${SRPO_DRY_RUN:=0}"
-JOB_ID=${SLURM_JOB_ID:?launch.sh runs inside a SLURM job (sbatch)}
+DRY_PLACEHOLDERS=0
+if [ "$SRPO_DRY_RUN" = 1 ] && [ -z "${SLURM_JOB_ID:-}" ]; then
+  # No allocation: take the node count from the sbatch script that sourced this file.
+  script=${BASH_SOURCE[1]:-$0}
+  nodes=$(sed -n 's/^#SBATCH[[:space:]]\{1,\}--nodes=\([0-9]\{1,\}\).*/\1/p' "$script" | head -n 1)
+  SLURM_JOB_ID=0
+  SLURM_JOB_NUM_NODES=${nodes:-1}
+  DRY_PLACEHOLDERS=1
+  echo "dry run without a SLURM allocation: the job as it would run on the ${SLURM_JOB_NUM_NODES} node(s) of" \
+    "$(basename "$script")'s #SBATCH --nodes; host names (node-001, ...) and job id 0 are placeholders" >&2
+fi
+JOB_ID=${SLURM_JOB_ID:?launch.sh runs inside a SLURM job (sbatch); SRPO_DRY_RUN=1 shows the commands without one}
 NNODES=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
 RDZV_PORT=${RDZV_PORT:-$((20000 + JOB_ID % 20000))}
 JOB_LOG_DIR=$LOG_DIR/$JOB_ID
@@ -71,8 +84,8 @@ cpu_env() {
 
 # The command every node runs: torchrun, rendezvous at the first host of the job's node list.
 torchrun_cmd() {
-  local head
-  head=$(scontrol show hostnames "${SLURM_JOB_NODELIST:?}" | head -n 1)
+  local head=node-001
+  if [ "$DRY_PLACEHOLDERS" = 0 ]; then head=$(scontrol show hostnames "${SLURM_JOB_NODELIST:?}" | head -n 1); fi
   local -a sets=() extra=()
   local kv
   for kv in "${OVERRIDES[@]}"; do sets+=(--set "$kv"); done
@@ -173,6 +186,7 @@ if [ "$SRPO_DRY_RUN" = 1 ]; then
   torchrun_cmd
   printf 'srun:'; printf ' %q' "${SRUN[@]}"; echo
   printf 'torchrun:'; printf ' %q' "${CMD[@]}"; echo
+  echo "dry run (SRPO_DRY_RUN=1): the commands above were printed, nothing was run" >&2
   exit 0
 fi
 run_batch

@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,24 @@ def test_demo_script(tmp_path: Path) -> None:
 
     cfg = load_demo_config(recipe, ["output_dir=/scratch/runs", "grpo.train.steps=3"])
     assert cfg.stage("grpo").train.steps == 3 and cfg.run_dir == Path("/scratch/runs/srpo-tiny-cpu")
+
+
+@pytest.mark.parametrize(
+    "script", [p for p in SCRIPTS if p.parent.name == "examples"], ids=lambda p: p.relative_to(ROOT).as_posix()
+)
+def test_dry_run_without_an_allocation(script: Path) -> None:
+    """A login node (no SLURM variable at all): every sbatch script's dry run prints its commands for
+    the script's own ``#SBATCH --nodes``, says it is a dry run, and exits 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SRPO_"))}
+    env.update(SRPO_DRY_RUN="1", PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dry run (SRPO_DRY_RUN=1): the commands above were printed, nothing was run" in proc.stderr
+    out = {line.split(": ", 1)[0]: shlex.split(line.split(": ", 1)[1]) for line in proc.stdout.splitlines()}
+    nodes = re.search(r"^#SBATCH --nodes=(\d+)$", script.read_text(), re.M)
+    assert nodes is not None, f"{script.name} has no #SBATCH --nodes"
+    assert _opt(out["srun"], "--nodes") == nodes.group(1)
+    if "torchrun" in out:
+        assert _opt(out["torchrun"], "--nnodes") == nodes.group(1)
+        assert _opt(out["torchrun"], "--rdzv_endpoint").startswith("node-001:")
+        assert "placeholders" in proc.stderr
