@@ -193,10 +193,16 @@ def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     """``weight * scale`` in float32, cast to `dtype` (a per-tensor scale or 128x128 block scales)."""
     w = weight.float()
     s = scale.float()
-    if s.numel() > 1:  # block scales, ModelOpt's [out_blocks, 1, in_blocks, 1] (or 2-D)
-        s = s.reshape(-(-w.shape[0] // BLOCK), -(-w.shape[1] // BLOCK))
-        s = s.repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)[: w.shape[0], : w.shape[1]]
-    return (w * s).to(dtype)
+    if s.numel() == 1:  # per tensor, or a single block (any shape of one element)
+        return (w * s.reshape(())).to(dtype)
+    rows, cols = w.shape  # block scales, ModelOpt's [out_blocks, 1, in_blocks, 1] (or 2-D)
+    ob, ib = -(-rows // BLOCK), -(-cols // BLOCK)
+    s = s.reshape(ob, 1, ib, 1)
+    if rows % BLOCK == 0 and cols % BLOCK == 0:  # every block whole: broadcast, no expanded scale
+        return (w.view(ob, BLOCK, ib, BLOCK) * s).view(rows, cols).to(dtype)
+    padded = torch.zeros(ob * BLOCK, ib * BLOCK, dtype=w.dtype, device=w.device)
+    padded[:rows, :cols] = w
+    return (padded.view(ob, BLOCK, ib, BLOCK) * s).view(ob * BLOCK, ib * BLOCK)[:rows, :cols].to(dtype)
 
 
 def fake_quant_stream(weights: Iterable[tuple[str, torch.Tensor]], scheme: str) -> Iterator[tuple[str, torch.Tensor]]:

@@ -142,6 +142,18 @@ def test_fake_quant_serves_modelopts_values(tiny) -> None:
     assert torch.allclose(mine, theirs, rtol=0, atol=1e-6 * float(theirs.abs().max())), "not ModelOpt's fake quant"
 
 
+def test_dequantize_by_hand() -> None:
+    """Block scales broadcast over whole and partial 128 x 128 blocks (k_proj of GQA is 64 rows)."""
+    gen = torch.Generator().manual_seed(0)
+    for rows, cols in ((256, 384), (300, 260), (64, 128)):
+        w = torch.randn(rows, cols, generator=gen).to(torch.float8_e4m3fn)
+        ob, ib = -(-rows // 128), -(-cols // 128)
+        s = torch.rand(ob, 1, ib, 1, generator=gen)
+        full = s.reshape(ob, ib).repeat_interleave(128, 0).repeat_interleave(128, 1)[:rows, :cols]
+        assert torch.equal(dequantize(w, s, torch.float32), w.float() * full), (rows, cols)
+    assert torch.equal(dequantize(w, torch.tensor(0.5), torch.bfloat16), (w.float() * 0.5).to(torch.bfloat16))
+
+
 def test_bad_input_is_refused_clearly(tiny, capsys) -> None:
     w = torch.randn(128, 128)
     with pytest.raises(FP8Error, match=r"model\.layers\.0\.self_attn\.k_proj\.weight, model\.layers\.0\.self_attn"):
