@@ -73,6 +73,29 @@ class ModelConfig:
     mxfp8 (Blackwell)."""
     fp8_bf16_edge_layers: int = 0
     """Keep this many decoder layers at each end in bf16 under FP8 (0 = all layers FP8)."""
+    recompute: Literal["none", "selective", "full"] = "none"
+    """Activation recomputation of the language model (Megatron ``recompute_granularity``):
+    selective recomputes ``recompute_modules`` in the backward pass, full whole layers (keeps only
+    each recompute unit's input). CPU and GPU."""
+    recompute_method: Literal["uniform", "block"] = "uniform"
+    """Full recompute only: uniform = every layer, in units of ``recompute_num_layers`` layers;
+    block = only the first ``recompute_num_layers`` layers of each pipeline stage."""
+    recompute_num_layers: int = 1
+    """Full recompute only: layers per recompute unit (uniform) or recomputed layers per stage (block)."""
+    recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])
+    """Selective recompute only: of core_attn, mlp, layernorm (Megatron's names; layernorm with
+    Transformer Engine only)."""
+    fused_kernels: bool = False
+    """GPU: Megatron's fused bias-SwiGLU, bias-dropout-add and masked-softmax kernels."""
+    rope_fusion: bool = False
+    """GPU (Transformer Engine): fused RoPE. With mRoPE Megatron fuses only micro-batches of one
+    sequence (bshd) and otherwise falls back to its unfused RoPE with a warning."""
+    gradient_accumulation_fusion: bool = False
+    """GPU (Transformer Engine): accumulate weight gradients into the fp32 main-grad buffer inside
+    TE's wgrad GEMMs."""
+    attention_backend: Literal["auto", "flash", "fused", "unfused", "local"] = "auto"
+    """Core attention: auto (Transformer Engine picks flash or fused), flash / fused / unfused
+    (TE backends; GPU), local (Megatron's own; what the local spec always uses)."""
 
 
 @dataclass
@@ -312,6 +335,11 @@ class OptimConfig:
     """Clip the global gradient norm to this (0 disables clipping)."""
     distributed_optimizer: bool = True
     """Shard optimizer state across data-parallel ranks (Megatron's distributed optimizer; GPU)."""
+    overlap_grad_reduce: bool = False
+    """GPU: reduce(-scatter) gradient buckets while the backward pass still runs (Megatron DDP)."""
+    overlap_param_gather: bool = False
+    """GPU, distributed optimizer: all-gather updated parameter buckets during the next forward
+    pass instead of after the optimizer step (needs ``overlap_grad_reduce``)."""
 
 
 @dataclass
@@ -468,6 +496,7 @@ class RunConfig:
                 f"model.num_query_groups ({self.model.num_query_groups}) must divide "
                 f"model.num_attention_heads ({self.model.num_attention_heads})"
             )
+        problems.extend(_performance_problems(self.model, self.optim))
         m = self.model
         if m.fp8 != "none":
             if m.transformer_impl != "transformer_engine":
@@ -500,6 +529,53 @@ class RunConfig:
             )
         if problems:
             raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+RECOMPUTE_MODULES = ("core_attn", "mlp", "layernorm")
+
+
+def _performance_problems(m: ModelConfig, o: OptimConfig) -> list[str]:
+    """Why the performance fields cannot be used as set (empty: they can)."""
+    problems: list[str] = []
+    if m.recompute == "full" and m.recompute_num_layers < 1:
+        problems.append(
+            f"model.recompute_num_layers must be >= 1 with model.recompute=full, got {m.recompute_num_layers}"
+        )
+    if m.recompute == "selective":
+        bad = sorted(set(m.recompute_modules) - set(RECOMPUTE_MODULES))
+        if bad or not m.recompute_modules:
+            problems.append(
+                f"model.recompute_modules must be a non-empty subset of {', '.join(RECOMPUTE_MODULES)} "
+                f"with model.recompute=selective (got {m.recompute_modules})"
+            )
+    te = m.transformer_impl == "transformer_engine"
+    if m.recompute == "selective" and "layernorm" in m.recompute_modules and not te:
+        problems.append(
+            "model.recompute_modules: layernorm needs model.transformer_impl=transformer_engine (Megatron-Core "
+            "0.19's output-discarding checkpoint reads Transformer Engine's FP8 state even when FP8 is off)"
+        )
+    for name in ("rope_fusion", "gradient_accumulation_fusion"):
+        if getattr(m, name) and not te:
+            problems.append(f"model.{name} needs model.transformer_impl=transformer_engine (a GPU path)")
+    if m.attention_backend not in ("auto", "local") and not te:
+        problems.append(
+            f"model.attention_backend={m.attention_backend} is a Transformer Engine backend: it needs "
+            "model.transformer_impl=transformer_engine (the local spec uses Megatron's own attention)"
+        )
+    if m.attention_backend == "local" and te:
+        problems.append("model.attention_backend=local is the local spec's attention; with transformer_engine use auto")
+    if o.overlap_param_gather and not (o.overlap_grad_reduce and o.distributed_optimizer):
+        problems.append("optim.overlap_param_gather needs optim.overlap_grad_reduce and optim.distributed_optimizer")
+    return problems
+
+
+def gpu_only_fields(m: ModelConfig, o: OptimConfig) -> list[str]:
+    """The performance fields set that need a GPU (refused by the trainer on a machine without one)."""
+    fields = [f"model.{n}" for n in ("fused_kernels", "rope_fusion", "gradient_accumulation_fusion") if getattr(m, n)]
+    if m.attention_backend not in ("auto", "local"):
+        fields.append(f"model.attention_backend={m.attention_backend}")
+    fields += [f"optim.{n}" for n in ("overlap_grad_reduce", "overlap_param_gather") if getattr(o, n)]
+    return fields
 
 
 def _correction_problems(g: GRPOConfig, ro: RolloutConfig) -> list[str]:

@@ -304,11 +304,13 @@ class GRPOTrainer(MegatronTrainer):
         """Stream the trainer's weights into the engine (the vision tower only when it trains)."""
         if self.cfg.rollout.replay_dir:
             return 0.0
+        from srpo_mcore.rl.optim import finish_param_sync
         from srpo_mcore.rollout.refit import iter_hf_weights
         from srpo_mcore.rollout.simulated_precision import simulate_precision
 
         ro = self.cfg.rollout
         start = time.perf_counter()
+        finish_param_sync(self.ddp)  # optim.overlap_param_gather: the engine gets the updated weights
         self.engine.wake_up()
         vision = not self.cfg.model.freeze_vision if include_vision is None else include_vision
 

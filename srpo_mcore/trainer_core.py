@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from srpo_mcore.config import ConfigError, RunConfig, to_dict
+from srpo_mcore.config import ConfigError, RunConfig, gpu_only_fields, to_dict
 from srpo_mcore.observe.rank0_log import get_logger
 
 log = get_logger("srpo_mcore.trainer")
@@ -74,6 +74,12 @@ class MegatronTrainer:
 
         if not cfg.model.hf_dir:
             raise ConfigError("model.hf_dir: the run starts from an HF Qwen2.5-VL checkpoint; set its directory")
+        gpu_only = gpu_only_fields(cfg.model, cfg.optim)
+        if gpu_only and not torch.cuda.is_available():
+            raise ConfigError(
+                f"{', '.join(gpu_only)}: GPU features, and this machine has no CUDA device; the CPU path runs "
+                "Megatron's unfused local layers — turn them off (they are on in the GPU recipes only)"
+            )
         self.cfg = cfg
         p = cfg.parallel
         self.dims = ParallelDims(tp=p.tp, pp=p.pp, cp=p.cp, vpp=p.vpp, sequence_parallel=p.sequence_parallel)
@@ -201,6 +207,9 @@ class MegatronTrainer:
     # -- the loop ---------------------------------------------------------------------------------
 
     def save(self) -> None:
+        from srpo_mcore.rl.optim import finish_param_sync
+
+        finish_param_sync(self.ddp)  # optim.overlap_param_gather: the checkpoint holds the updated weights
         start = time.perf_counter()
         state = {"scheduler": self.scheduler.state_dict(), "data": self.sampler.state(), "seed": self.cfg.seed}
         from srpo_mcore.checkpoint.convert import describe_checkpoint
@@ -260,8 +269,10 @@ class MegatronTrainer:
     def export_hf(self, out: Path) -> None:
         """Write the current policy as an HF checkpoint (collective; rank 0 writes)."""
         from srpo_mcore.checkpoint.hf_export import write_hf_checkpoint
+        from srpo_mcore.rl.optim import finish_param_sync
         from srpo_mcore.rollout.refit import iter_hf_weights
 
+        finish_param_sync(self.ddp)
         weights = iter_hf_weights(self.model)
         if self.rank0:
             write_hf_checkpoint(weights, self.arch, out, source_dir=self.hf_dir, force=True)

@@ -245,8 +245,7 @@ def language_transformer_config(
         pipeline_model_parallel_size=pp,
         context_parallel_size=cp,
         sequence_parallel=sp,
-        **common_transformer_kwargs(dtype, not torch.cuda.is_available()),
-        **extra,
+        **{**common_transformer_kwargs(dtype, not torch.cuda.is_available()), **extra},  # extra may turn fusions on
     )
 
 

@@ -53,6 +53,38 @@ class ModelLayout:
     fp8_bf16_edge_layers: int = 0
     init_weights: bool = True
     """Randomly initialise parameters (False when a checkpoint overwrites them anyway)."""
+    recompute: str = "none"
+    """none | selective | full activation recomputation of the language model."""
+    recompute_method: str = "uniform"
+    recompute_num_layers: int = 1
+    recompute_modules: tuple[str, ...] = ("core_attn",)
+    fused_kernels: bool = False
+    rope_fusion: bool = False
+    gradient_accumulation_fusion: bool = False
+    attention_backend: str = "auto"
+
+    def performance_config(self) -> dict:
+        """TransformerConfig fields of the language model's recompute, fusions and attention backend."""
+        from megatron.core.transformer.enums import AttnBackend
+
+        out: dict = {}
+        if self.recompute == "selective":
+            out.update(recompute_granularity="selective", recompute_modules=list(self.recompute_modules))
+        elif self.recompute == "full":
+            out.update(
+                recompute_granularity="full",
+                recompute_method=self.recompute_method,
+                recompute_num_layers=self.recompute_num_layers,
+            )
+        if self.fused_kernels:
+            out.update(bias_activation_fusion=True, bias_dropout_fusion=True, masked_softmax_fusion=True)
+        if self.rope_fusion:
+            out["apply_rope_fusion"] = True
+        if self.gradient_accumulation_fusion:
+            out["gradient_accumulation_fusion"] = True
+        if self.transformer_impl == "transformer_engine":  # the local spec has its own attention
+            out["attention_backend"] = AttnBackend[self.attention_backend]
+        return out
 
     def fp8_config(self) -> dict:
         """TransformerConfig fields for the decoder's FP8 settings."""
@@ -88,6 +120,14 @@ def layout_from_config(model: ModelConfig, parallel: ParallelConfig) -> ModelLay
         fp8=model.fp8,
         fp8_recipe=model.fp8_recipe,
         fp8_bf16_edge_layers=model.fp8_bf16_edge_layers,
+        recompute=model.recompute,
+        recompute_method=model.recompute_method,
+        recompute_num_layers=model.recompute_num_layers,
+        recompute_modules=tuple(model.recompute_modules),
+        fused_kernels=model.fused_kernels,
+        rope_fusion=model.rope_fusion,
+        gradient_accumulation_fusion=model.gradient_accumulation_fusion,
+        attention_backend=model.attention_backend,
     )
 
 
@@ -113,6 +153,7 @@ class Qwen25VLModel(MegatronModule):
             dtype=layout.dtype,
             perform_initialization=layout.init_weights,
             **layout.fp8_config(),
+            **layout.performance_config(),
         )
         super().__init__(lm_config)
         self.arch = arch
