@@ -3,11 +3,12 @@
 # Submit from the repository root (on a shared filesystem):  sbatch examples/srpo_7b.sh
 #
 # Layout (grpo_7b.yaml): TP=2 + sequence parallel, PP=1, CP=1 -> DP=4; rollout_tp=1 (one colocated
-# vLLM engine per GPU). Why it fits 80 GB: 7.6B params / TP2 = 3.8B per GPU -> bf16 weights 7.6 GB +
-# fp32 grads 15 GB + Adam/master state 12 B/param sharded over DP4 = 11 GB (distributed optimizer),
-# ~34 GB of state; the frozen vision tower is ~1.3 GB; activations of 16k-token micro batches with SP
-# stay well under 20 GB; the vLLM engine takes gpu_memory_utilization=0.35 (28 GB: 15 GB weights +
-# KV cache for 2048-token rollouts).
+# vLLM engine per GPU). Memory per GPU (python -m srpo_mcore.plan --config examples/grpo_7b.yaml
+# --set model.preset=7b): bf16 weights 8.3 GB + fp32 grads 15.2 GB + Adam/master state 12 B/param
+# sharded over DP4 11.4 GB + activations of a 16k-token micro batch with SP and the MLP recomputed
+# 15.7 GB + fp32 logits 10 GB = 60.6 GB in the train phase; 62.9 GB in the rollout phase (trainer
+# state + the engine's gpu_memory_utilization=0.35, 28 GB: 15 GB weights + KV cache). Without
+# recompute the activations would be 61 GB (106 GB in all: it would not fit).
 #
 # Pre-emption/time limit: SLURM sends USR1 10 minutes before the end; the trainers finish their
 # step, save a checkpoint and exit, and the job requeues itself and resumes from that checkpoint.

@@ -15,7 +15,7 @@ Legend: ``B`` batch, ``S`` sequence, ``H`` hidden, ``V`` vocabulary, ``M`` merge
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
@@ -109,25 +109,10 @@ def layout_from_config(model: ModelConfig, parallel: ParallelConfig) -> ModelLay
             f"parallel.vpp={parallel.vpp}: virtual pipeline stages are not implemented for Qwen2.5-VL yet; "
             "use parallel.vpp=null"
         )
+    same = {f.name: getattr(model, f.name) for f in fields(ModelLayout) if hasattr(model, f.name)}
+    same["recompute_modules"] = tuple(model.recompute_modules)
     return ModelLayout(
-        tp=parallel.tp,
-        pp=parallel.pp,
-        cp=parallel.cp,
-        sequence_parallel=parallel.sequence_parallel,
-        dtype=model.dtype,
-        transformer_impl=model.transformer_impl,
-        freeze_vision=model.freeze_vision,
-        fp8=model.fp8,
-        fp8_recipe=model.fp8_recipe,
-        fp8_bf16_edge_layers=model.fp8_bf16_edge_layers,
-        recompute=model.recompute,
-        recompute_method=model.recompute_method,
-        recompute_num_layers=model.recompute_num_layers,
-        recompute_modules=tuple(model.recompute_modules),
-        fused_kernels=model.fused_kernels,
-        rope_fusion=model.rope_fusion,
-        gradient_accumulation_fusion=model.gradient_accumulation_fusion,
-        attention_backend=model.attention_backend,
+        tp=parallel.tp, pp=parallel.pp, cp=parallel.cp, sequence_parallel=parallel.sequence_parallel, **same
     )
 
 
