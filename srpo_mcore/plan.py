@@ -139,7 +139,14 @@ class Plan:
     activations: float
     logits: float
     engine: float
+    engine_weights: float
+    """Of ``engine``: the engine's weights at ``parallel.rollout_tp`` (FP8 linears under
+    ``rollout.precision=fp8``); the rest is its KV cache."""
     train_flops: float
+
+    @property
+    def kv_cache(self) -> float:
+        return self.engine - self.engine_weights
 
     @property
     def train_phase(self) -> float:
@@ -205,6 +212,9 @@ def plan_layout(
         )
     weights, grads, optimizer, fp8, activations, logits = max(stages, key=sum)
     engine = cfg.rollout.gpu_memory_utilization * gpu_memory_gb * GB
+    linear = c.layer_linear * c.layers
+    served = (c.total - linear) * 2 + linear * (1 if cfg.rollout.precision == "fp8" else 2)
+    engine_weights = served / p.rollout_tp
     # FLOPs: 2 per parameter per token forward, x3 with backward; causal attention 2 * 2 * s * d / 2
     seq = cfg.data.max_prompt_tokens / 2 + cfg.rollout.max_tokens / 2
     attn_per_token = 2 * arch.text.num_layers * seq * arch.text.num_attention_heads * arch.text.head_dim
@@ -217,7 +227,9 @@ def plan_layout(
     lm = tokens_per_step * fwd_per_token * (update_passes + logprob_passes)
     vision_passes = logprob_passes + (1 if m.freeze_vision else 3)
     vision = image_tokens_per_step * 2 * c.vision * vision_passes
-    return Plan(tp, pp, cp, dp, weights, grads, optimizer, fp8, activations, logits, engine, lm + vision)
+    return Plan(
+        tp, pp, cp, dp, weights, grads, optimizer, fp8, activations, logits, engine, engine_weights, lm + vision
+    )
 
 
 def candidate_layouts(gpus: int, cp: int, arch: Qwen25VLArch) -> list[tuple[int, int]]:
@@ -286,6 +298,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{response_tokens:.0f} response tokens, assumed half of the limits) + {args.image_tokens:.0f} image patches; "
         f"micro-batch {cfg.train.micro_batch_tokens} tokens; recompute {cfg.model.recompute}; MFU {args.mfu:.0%}"
     )
+    if plans:
+        e = plans[0]
+        kv = "" if e.kv_cache > 0 else " — NO ROOM FOR A KV CACHE: raise rollout.gpu_memory_utilization or rollout_tp"
+        print(
+            f"vLLM engine per GPU: {e.engine / GB:.1f} GB (gpu_memory_utilization {cfg.rollout.gpu_memory_utilization}): "
+            f"weights {e.engine_weights / GB:.1f} GB at rollout_tp={p.rollout_tp} ({cfg.rollout.precision}), "
+            f"KV cache {e.kv_cache / GB:.1f} GB{kv}"
+        )
     head = (
         "layout",
         "weights",

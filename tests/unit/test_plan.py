@@ -36,9 +36,25 @@ def test_param_counts_equal_hf(preset: str) -> None:
 def test_cli_ranks_layouts_and_the_recipe_fits(recipe: str, args: list[str], recipe_row: str, capsys) -> None:
     assert main(["--config", recipe, *args]) == 0
     out = capsys.readouterr().out
+    assert "vLLM engine per GPU: 28.0 GB" in out and "NO ROOM" not in out, out
     rows = [line for line in out.splitlines() if line.startswith("| TP")]
     assert len(rows) > 3
     mine = next(line for line in rows if recipe_row in line)
     assert mine.split("|")[-3].strip() == "yes", f"the recipe's own layout does not fit: {mine}"
     fits = [line.split("|")[-3].strip() for line in rows]
     assert fits == sorted(fits, key=lambda x: x != "yes"), "layouts that fit come first"
+
+
+def test_engine_weights_and_kv_cache() -> None:
+    """The engine's weights (FP8 linears under rollout.precision=fp8) at rollout_tp, and the KV cache left."""
+    from srpo_mcore.config import load_config
+    from srpo_mcore.plan import plan_layout
+
+    arch = PRESETS["32b"]
+    c = count_params(arch)
+    kw = dict(tp=8, pp=2, gpus=32, gpu_memory_gb=80, tokens_per_step=1e6)
+    bf16 = plan_layout(load_config("examples/grpo_32b.yaml"), arch, **kw)
+    assert bf16.engine_weights == 2 * c.total / 4 and bf16.kv_cache == 0.35 * 80e9 - bf16.engine_weights
+    fp8 = plan_layout(load_config("examples/grpo_32b.yaml", ["rollout.precision=fp8"]), arch, **kw)
+    linear = c.layer_linear * c.layers
+    assert fp8.engine_weights == (2 * (c.total - linear) + linear) / 4 < bf16.engine_weights
