@@ -154,7 +154,7 @@ def test_dequantize_by_hand() -> None:
     assert torch.equal(dequantize(w, torch.tensor(0.5), torch.bfloat16), (w.float() * 0.5).to(torch.bfloat16))
 
 
-def test_bad_input_is_refused_clearly(tiny, capsys) -> None:
+def test_bad_input_is_refused_clearly(tiny) -> None:
     w = torch.randn(128, 128)
     with pytest.raises(FP8Error, match=r"model\.layers\.0\.self_attn\.k_proj\.weight, model\.layers\.0\.self_attn"):
         list(quantize_stream([("model.layers.0.self_attn.q_proj.weight", w)], "block128"))
