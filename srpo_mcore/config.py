@@ -116,6 +116,9 @@ class ParallelConfig:
     """Tensor-parallel size of each rollout engine."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend; auto = nccl with CUDA, gloo without."""
+    timeout_s: float = 600.0
+    """Collective timeout (process-group setup and every collective): a rank that died makes the
+    others fail with an error after at most this long instead of hanging (NCCL: the watchdog)."""
 
 
 @dataclass
@@ -375,6 +378,17 @@ class TrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """How training checkpoints are written."""
+
+    optimizer_format: Literal["fully_reshardable", "dp_reshardable"] = "fully_reshardable"
+    """Distributed-optimizer state in the checkpoint. fully_reshardable: gathered per parameter
+    (on each model-parallel group's first data-parallel rank) so a run resumes at another TP, PP
+    or DP layout; dp_reshardable: each rank's flat buffer shard, written without gathering; a
+    resume may change DP only. The model weights reshard in both."""
+
+
+@dataclass
 class SFTConfig:
     """Stage-1 reflection SFT (``python -m srpo_mcore.sft``). Its rows are prompt rows (``data``)
     whose ``data.answer_field`` column holds the assistant's target response."""
@@ -419,6 +433,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -483,6 +498,8 @@ class RunConfig:
             problems.append("train.steps must be >= 0; train.episodes, updates_per_step, micro_batch_tokens >= 1")
         if t.eval_every < 0 or (t.eval_every and not (t.eval_benchmarks and t.eval_data_root)):
             problems.append("train.eval_every > 0 needs train.eval_benchmarks and train.eval_data_root")
+        if self.parallel.timeout_s <= 0:
+            problems.append(f"parallel.timeout_s must be > 0, got {self.parallel.timeout_s}")
         if t.save_every < 0 or t.keep_last < 1:
             problems.append("train.save_every must be >= 0 and train.keep_last >= 1")
         if self.sft.batch_size < 1 or self.sft.max_seq_len < 2 or not 0.0 <= self.sft.warmup_ratio < 1.0:

@@ -6,12 +6,15 @@ Owns ``MegatronTrainer``: process groups from the config, the run directory (``c
 and their sampler, micro-batching of a step's sequences, and the loop's lifecycle: resume from the
 latest checkpoint (model, optimizer, lr schedule, data position, RNG; metrics cut back), SIGTERM
 (finish the step, save, exit 0), periodic checkpoints and plots, the HF export at the end.
+``run_cli`` holds the run directory's lock (``run_lock``) for the run's whole life, taken on rank 0
+before anything is built, and makes a torchrun worker die with its launcher (``parallel.lifetime``).
 
 Subclasses own what a step does (``train_one_step``) and what a step costs in rows (``rows_per_step``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -83,7 +86,7 @@ class MegatronTrainer:
         self.cfg = cfg
         p = cfg.parallel
         self.dims = ParallelDims(tp=p.tp, pp=p.pp, cp=p.cp, vpp=p.vpp, sequence_parallel=p.sequence_parallel)
-        self.env = init_parallel(self.dims, backend=p.backend)
+        self.env = init_parallel(self.dims, backend=p.backend, timeout_s=p.timeout_s)
         self.rank0 = self.env.rank == 0
         torch.manual_seed(cfg.seed)
         tensor_parallel.model_parallel_cuda_manual_seed(cfg.seed)
@@ -111,7 +114,12 @@ class MegatronTrainer:
         tp_sp = p.tp if p.sequence_parallel else 1
         self.pad_multiple = (2 * p.cp if p.cp > 1 else 1) * tp_sp
         self.metrics = MetricsLog(self.run_dir, enabled=self.rank0)
-        self.checkpointer = TrainCheckpointer(self.run_dir / "checkpoints", keep_last=cfg.train.keep_last)
+        self.checkpointer = TrainCheckpointer(
+            self.run_dir / "checkpoints",
+            keep_last=cfg.train.keep_last,
+            optimizer_format=cfg.checkpoint.optimizer_format,
+            layout={"tp": p.tp, "pp": p.pp, "cp": p.cp, "dp": self.dp_size},
+        )
         self.step = 0
         self.wandb: Any = None
 
@@ -169,6 +177,15 @@ class MegatronTrainer:
         self.metrics.truncate_after(self.step)
         self.after_resume()
         log.info("resumed from %s at step %d", latest, self.step)
+        was = state.get("layout")
+        if was is not None and was != self.checkpointer.layout:
+            log.warning(
+                "resumed at another layout (saved %s, now %s): model, optimizer moments and steps, lr schedule and "
+                "data position carried over exactly",
+                was, self.checkpointer.layout,
+            )  # fmt: skip
+        for what in self.checkpointer.not_carried:
+            log.warning("not carried over exactly: %s", what)
 
     # -- batching ---------------------------------------------------------------------------------
 
@@ -294,17 +311,37 @@ class MegatronTrainer:
 def run_cli(trainer_cls: type[MegatronTrainer], prog: str, description: str, argv: Sequence[str] | None) -> int:
     """The command line of a trainer: ``--config``/``--set``, a clear error for a bad recipe, run, close."""
     import argparse
+    import sys
 
+    from srpo_mcore.checkpoint.train_state import CheckpointLayoutError
     from srpo_mcore.config import add_config_args, config_from_args
+    from srpo_mcore.parallel.lifetime import die_with_launcher
+    from srpo_mcore.parallel.setup import dist_env_from_environ
+    from srpo_mcore.run_lock import DirLocked, hold_dir
 
+    die_with_launcher()  # a torchrun worker exits with its launcher
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_config_args(parser)
     args = parser.parse_args(argv)
     try:
-        trainer = trainer_cls(config_from_args(args))
+        cfg = config_from_args(args)
     except ConfigError as e:
         parser.error(str(e))
-    try:
-        return trainer.run()
-    finally:
-        trainer.close()
+    with contextlib.ExitStack() as stack:
+        if dist_env_from_environ().rank == 0:  # before anything is built: a second writer refuses at once
+            try:
+                stack.enter_context(hold_dir(Path(cfg.output_dir) / cfg.name, f"the {trainer_cls.name} trainer"))
+            except DirLocked as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 3
+        try:
+            trainer = trainer_cls(cfg)
+        except ConfigError as e:
+            parser.error(str(e))
+        try:
+            return trainer.run()
+        except CheckpointLayoutError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        finally:
+            trainer.close()

@@ -14,6 +14,12 @@ Owns the redirections ``megatron.core.optimizer`` needs on a machine without CUD
 3. The local (no Apex, no TE) multi-tensor L2 norm returns its result on ``device="cuda"``; the CPU
    version returns the same norm on the CPU.
 
+4. The ``fully_reshardable`` optimizer-state loader copies into torch Adam's per-parameter ``step``,
+   which it never loads (``_without_adam_steps``).
+
+And the torch-Adam state helpers of checkpointing (``prime_adam_state``, ``restore_adam_steps``):
+on GPU TE's FusedAdam keeps no per-parameter ``step``; torch's Adam does.
+
 The maths — Adam (torch's AdamW, which Megatron uses when neither TE nor Apex is installed), main
 fp32 params, clipping by the global norm over TP/PP, distributed-optimizer sharding — is Megatron's.
 
@@ -106,6 +112,25 @@ def _cpu_l2_norm(chunk_size: int, noop_flag: Any, tensor_lists: Any, per_tensor:
     return total.reshape(1), None
 
 
+def _without_adam_steps(load: Callable[..., Any]) -> Callable[..., Any]:
+    """Megatron-Core 0.19's ``load_parameter_state_from_fully_reshardable`` skips the saved ``step``
+    (the parameter groups carry it, and the inner optimizer's load has already set it), then copies
+    into every tensor of the parameter's live state — torch Adam's ``step`` included — and fails
+    with ``KeyError: 'step'`` (TE's FusedAdam keeps no per-parameter step). The wrapped loader
+    sees the states without ``step``; the step tensors are put back unchanged afterwards."""
+
+    @functools.wraps(load)
+    def wrapped(self: Any, state_dict: Any) -> Any:
+        hidden = [(state, state.pop("step")) for state in self.optimizer.state.values() if "step" in state]
+        try:
+            return load(self, state_dict)
+        finally:
+            for state, step in hidden:
+                state["step"] = step
+
+    return wrapped
+
+
 def enable_megatron_optim_cpu() -> None:
     """Install the optimizer redirections (idempotent)."""
     if _saved:
@@ -129,6 +154,9 @@ def enable_megatron_optim_cpu() -> None:
         (optimizer_pkg, "_get_megatron_optimizer_based_on_param_groups"),
     ):
         patches.append((owner, name, _with_cuda_type_names(getattr(owner, name))))
+    loader = "load_parameter_state_from_fully_reshardable"
+    owner = distrib_optimizer.DistributedOptimizer
+    patches.append((owner, loader, _without_adam_steps(getattr(owner, loader))))
     for owner, name, replacement in patches:
         _saved[f"{id(owner)}:{name}"] = (owner, name, getattr(owner, name))
         setattr(owner, name, replacement)

@@ -7,6 +7,7 @@ import sys
 import time
 
 from srpo_mcore.checkpoint.convert import ConversionError, hf_to_mcore, mcore_to_hf, pin_mmap_threshold, reshard_mcore
+from srpo_mcore.run_lock import DirLocked
 
 HF_TO_MCORE_DOC = """Convert an HF Qwen2.5-VL checkpoint into a Megatron-Core distributed checkpoint.
 
@@ -52,7 +53,7 @@ def hf_to_mcore_main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         out = hf_to_mcore(args.hf_dir, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype, force=args.force)
-    except (ConversionError, FileNotFoundError) as e:
+    except (ConversionError, FileNotFoundError, DirLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # a rank failed: show its own last words
@@ -97,7 +98,7 @@ def mcore_to_hf_main(argv: list[str] | None = None) -> int:
                 max_shard_bytes=int(args.max_shard_gb * 1e9),
                 quantize=args.fp8_scheme if args.quantize else None,
             )
-    except (ConversionError, FileNotFoundError) as e:
+    except (ConversionError, FileNotFoundError, DirLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

@@ -44,6 +44,7 @@ from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch, TextArch, VisionAr
 from srpo_mcore.models.qwen2_5_vl.weight_map import weight_rows
 from srpo_mcore.parallel.dims import ParallelDims
 from srpo_mcore.parallel.launch import run_here, spawn
+from srpo_mcore.run_lock import hold_dir
 
 META = "srpo_mcore.json"
 FORMAT = "srpo-mcore/torch_dist/v1"
@@ -473,10 +474,12 @@ def _mcore_to_hf_worker(
 
 
 def _atomically(out: Path, force: bool, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp)` into a temporary sibling of `out`, then rename it into place."""
-    _refuse_existing(out, force)
-    with atomic_dir(out) as tmp:
-        write(tmp)
+    """Run `write(tmp)` into a temporary sibling of `out`, then rename it into place (one writer at a
+    time: a second converter writing `out` refuses with ``DirLocked``)."""
+    with hold_dir(out, "a checkpoint converter", appears_at_end=True):
+        _refuse_existing(out, force)
+        with atomic_dir(out) as tmp:
+            write(tmp)
     return out
 
 

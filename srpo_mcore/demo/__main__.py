@@ -1,6 +1,7 @@
 """``python -m srpo_mcore.demo``: run the whole SRPO pipeline on the synthetic task (the README's main job).
 
-Owns the command line only; the stages are ``pipeline``'s.
+Owns the command line only (and the run directory's lock, held for the demo's life, ``--fresh``
+included); the stages are ``pipeline``'s.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from srpo_mcore.config import ConfigError
 from srpo_mcore.demo.config import load_demo_config
 from srpo_mcore.demo.pipeline import DemoPipeline, StageError
+from srpo_mcore.run_lock import LOCK_NAME, DirLocked, hold_dir
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "examples" / "srpo_tiny_cpu.yaml"
 
@@ -40,13 +42,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         p.error(str(e))
     pipe = DemoPipeline(cfg, progress=not a.no_progress)
-    if a.fresh and pipe.run_dir.exists():
-        if not (pipe.run_dir / "recipe.yaml").exists():
-            p.error(f"--fresh: {pipe.run_dir} is not a demo run directory (no recipe.yaml); not deleting it")
-        shutil.rmtree(pipe.run_dir)
+    if a.fresh and pipe.run_dir.exists() and not (pipe.run_dir / "recipe.yaml").exists():
+        p.error(f"--fresh: {pipe.run_dir} is not a demo run directory (no recipe.yaml); not deleting it")
     try:
-        report = pipe.run()
-    except StageError as e:
+        with hold_dir(pipe.run_dir, "the SRPO demo"):  # one demo per run directory, --fresh included
+            if a.fresh:
+                for child in pipe.run_dir.iterdir():
+                    if child.name != LOCK_NAME:
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+            report = pipe.run()
+    except (StageError, DirLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(report.read_text().split("## Training")[0].rstrip())

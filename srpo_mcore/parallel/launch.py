@@ -3,7 +3,7 @@
 Owns: ``spawn`` — used by the offline tools (checkpoint conversion: one process per TP x PP rank)
 and by the tests. Each process gets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
 ``MASTER_PORT``; return values come back through files; a failure in any rank raises with every
-failing rank's traceback. ``run_here``: the one-rank case inside the calling process (no new
+failing rank's traceback; a rank dies with the process that spawned it. ``run_here``: the one-rank case inside the calling process (no new
 interpreter to start: torch + Megatron imports cost ~8 s on a 2-core machine).
 """
 
@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from srpo_mcore.parallel.lifetime import die_with_parent
+
 
 def free_port() -> int:
     """An unused TCP port on localhost."""
@@ -28,7 +30,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _entry(rank: int, world: int, port: int, out_dir: str, fn: Callable[..., Any], args: tuple, threads: int) -> None:
+def _entry(
+    rank: int, world: int, port: int, out_dir: str, fn: Callable[..., Any], args: tuple, threads: int, parent: int
+) -> None:
+    die_with_parent(parent)  # a rank never outlives the process that started it
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
@@ -53,7 +58,7 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, threads: int | No
         try:
             mp.start_processes(
                 _entry,
-                args=(world_size, free_port(), out_dir, fn, args, threads),
+                args=(world_size, free_port(), out_dir, fn, args, threads, os.getpid()),
                 nprocs=world_size,
                 start_method="spawn",
             )

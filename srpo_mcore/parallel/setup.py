@@ -66,7 +66,9 @@ def init_parallel(
     """Initialise torch.distributed and Megatron-Core's parallel groups for `dims`.
 
     Safe to call in a single process without a launcher (world size 1). On CPU, the Megatron-Core
-    compatibility shims are enabled first.
+    compatibility shims are enabled first. `timeout_s` bounds the process-group setup and every
+    collective of the default group and of Megatron's groups: a rank that died makes the others
+    fail after at most that long.
 
     Returns:
         The `DistEnv` this process was initialised with.
@@ -95,6 +97,7 @@ def init_parallel(
         pipeline_model_parallel_size=dims.pp,
         virtual_pipeline_model_parallel_size=dims.vpp,
         context_parallel_size=dims.cp,
+        distributed_timeout_minutes=timeout_s / 60.0,  # Megatron's groups time out like the default one
     )
     return env
 

@@ -62,6 +62,7 @@ from srpo_mcore.reflection.teacher import (
     make_teacher,
 )
 from srpo_mcore.rl.rewards.verify import bounded_verify
+from srpo_mcore.run_lock import DirLocked, hold_dir
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,15 @@ class BuildSummary:
 
 
 def build(cfg: BuildConfig, teacher: Teacher | None = None) -> BuildSummary:
-    """Run (or resume) a build; returns its summary. See the module docstring."""
+    """Run (or resume) a build; returns its summary. See the module docstring.
+
+    Holds ``<out>``'s lock for the whole build: a second builder on it raises ``DirLocked``.
+    """
+    with hold_dir(cfg.out, "the reflection builder"):
+        return _build(cfg, teacher)
+
+
+def _build(cfg: BuildConfig, teacher: Teacher | None) -> BuildSummary:
     out, work = cfg.out, cfg.out / "work"
     check_fingerprint(
         work / "fingerprint.json",
@@ -413,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         summary = build(cfg)
-    except (ValueError, TeacherError) as e:
+    except (ValueError, TeacherError, DirLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary.table())

@@ -3,7 +3,9 @@
 - layouts: the same saved rollouts (replay mode; sampled by an engine serving fp4-rounded weights,
   trained with the ``tis`` rollout correction) trained at TP=1, TP=2, PP=2 and CP=2 for two steps
   give the same loss, mismatch metrics and updated weights (exported HF checkpoints) within 1e-5; with
-  ``grpo.kl_coef > 0`` (reference model, TP=2) the k3 KL grows from ~0 and enters the loss.
+  ``grpo.kl_coef > 0`` (reference model, TP=2) the k3 KL grows from ~0 and enters the loss. TP=2's
+  step-1 checkpoint (fully_reshardable) resumed at TP=1 and at PP=2 gives the same step 2 and
+  weights within the same bound; a dp_reshardable checkpoint refuses another CP with a clear message.
 - resume: a run stopped by SIGTERM (saves, exits 0) or killed by SIGKILL and then resumed logs
   exactly the metrics of an uninterrupted run (bitwise, fixed seeds, real vLLM engine refitted from
   the restored weights); no checkpoint directory is ever incomplete.
@@ -81,13 +83,30 @@ def test_layouts_equal_tp1(setup) -> None:
     grpo = {"rollout_correction": "tis", "correction_cap": 1.05}  # a low cap: some tokens are truncated
     layouts = {
         "tp1": ([], 1),
-        "tp2": (["parallel.tp=2"], 2),
+        "tp2": (["parallel.tp=2", "train.save_every=1"], 2),  # fully_reshardable checkpoints at steps 1 and 2
         "pp2": (["parallel.pp=2"], 2),
-        "cp2": (["parallel.cp=2"], 2),
+        "cp2": (["parallel.cp=2", "checkpoint.optimizer_format=dp_reshardable"], 2),
         "tp2_kl": (["parallel.tp=2", "grpo.kl_coef=0.1"], 2),  # the frozen reference model, under TP
     }
     for name, (overrides, nproc) in layouts.items():
         run_train(_recipe(setup, name, rollout=replay, train=train, optim=optim, grpo=grpo), overrides, nproc=nproc)
+    # Resume at another layout: TP=2's step-1 checkpoint continues at TP=1 and at PP=2 for step 2.
+    resumed_layouts = {"tp2_to_tp1": ([], 1), "tp2_to_pp2": (["parallel.pp=2"], 2)}
+    for name, (overrides, nproc) in resumed_layouts.items():
+        _continue_from(runs / "tp2", "step_000001", runs / name)
+        out = run_train(
+            _recipe(setup, name, rollout=replay, train=train, optim=optim, grpo=grpo), overrides, nproc=nproc
+        )
+        assert "resumed from" in out and "resumed at another layout" in out, out[-3000:]
+        assert "not carried over exactly: per-rank torch RNG streams" in out
+    # A dp_reshardable checkpoint (CP=2) refuses to resume at CP=1, saying what to do.
+    _continue_from(runs / "cp2", "step_000002", runs / "cp2_to_tp1")
+    refused = subprocess.run(
+        train_command(_recipe(setup, "cp2_to_tp1", rollout=replay, optim=optim, grpo=grpo, train={**train, "steps": 3})),
+        cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "dp_reshardable" in refused.stderr and "cp 2 -> 1" in refused.stderr, refused.stderr[-3000:]
     ref_metrics = read_metrics(runs / "tp1")
     assert all(m["rollout/mismatch_kl"] > 1e-5 for m in ref_metrics), "the replayed rollouts carry no mismatch"
     fractions = [m["grpo/correction_fraction"] for m in ref_metrics]
@@ -101,7 +120,7 @@ def test_layouts_equal_tp1(setup) -> None:
     # Step 1's first update starts at the reference (KL 0), its second has moved once; step 2 further.
     assert 0 < kl[0]["train/kl_ref"] < kl[1]["train/kl_ref"], [m["train/kl_ref"] for m in kl]
     assert abs(kl[1]["train/loss"] - ref_metrics[1]["train/loss"]) > 1e-6, "the KL term enters the loss"
-    for name in ("tp2", "pp2", "cp2"):
+    for name in ("tp2", "pp2", "cp2", "tp2_to_tp1", "tp2_to_pp2"):
         metrics = read_metrics(runs / name)
         assert len(metrics) == len(ref_metrics) == 2
         for a, b in zip(metrics, ref_metrics):
@@ -118,6 +137,16 @@ def test_layouts_equal_tp1(setup) -> None:
             assert all(torch.equal(converted[k], weights[k]) for k in weights), "converter != trainer export"
         worst = max((weights[k] - ref[k]).abs().max().item() for k in ref)
         assert worst <= 1e-5, f"{name}: updated weights differ from tp1 by {worst:.2e}"
+
+
+def _continue_from(source_run: Path, step: str, run: Path) -> None:
+    """A run directory whose latest checkpoint is `source_run`'s `step` (metrics up to that step)."""
+    import shutil
+
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copytree(source_run / "checkpoints" / step, run / "checkpoints" / step)
+    (run / "checkpoints" / "latest").write_text(step)
+    shutil.copy(source_run / "metrics.jsonl", run / "metrics.jsonl")
 
 
 def _start(recipe: Path, log: Path) -> subprocess.Popen:
