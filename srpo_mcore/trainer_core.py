@@ -6,15 +6,13 @@ Owns ``MegatronTrainer``: process groups from the config, the run directory (``c
 and their sampler, micro-batching of a step's sequences, and the loop's lifecycle: resume from the
 latest checkpoint (model, optimizer, lr schedule, data position, RNG; metrics cut back), SIGTERM
 (finish the step, save, exit 0), periodic checkpoints and plots, the HF export at the end.
-``run_cli`` holds the run directory's lock (``run_lock``) for the run's whole life, taken on rank 0
-before anything is built, and makes a torchrun worker die with its launcher (``parallel.lifetime``).
+Its command line (the run directory's lock, dying with the launcher) is ``trainer_cli``'s.
 
 Subclasses own what a step does (``train_one_step``) and what a step costs in rows (``rows_per_step``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import time
@@ -306,42 +304,3 @@ class MegatronTrainer:
         if self.wandb is not None:
             self.wandb.finish()
         destroy_parallel()
-
-
-def run_cli(trainer_cls: type[MegatronTrainer], prog: str, description: str, argv: Sequence[str] | None) -> int:
-    """The command line of a trainer: ``--config``/``--set``, a clear error for a bad recipe, run, close."""
-    import argparse
-    import sys
-
-    from srpo_mcore.checkpoint.train_state import CheckpointLayoutError
-    from srpo_mcore.config import add_config_args, config_from_args
-    from srpo_mcore.parallel.lifetime import die_with_launcher
-    from srpo_mcore.parallel.setup import dist_env_from_environ
-    from srpo_mcore.run_lock import DirLocked, hold_dir
-
-    die_with_launcher()  # a torchrun worker exits with its launcher
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as e:
-        parser.error(str(e))
-    with contextlib.ExitStack() as stack:
-        if dist_env_from_environ().rank == 0:  # before anything is built: a second writer refuses at once
-            try:
-                stack.enter_context(hold_dir(Path(cfg.output_dir) / cfg.name, f"the {trainer_cls.name} trainer"))
-            except DirLocked as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 3
-        try:
-            trainer = trainer_cls(cfg)
-        except ConfigError as e:
-            parser.error(str(e))
-        try:
-            return trainer.run()
-        except CheckpointLayoutError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        finally:
-            trainer.close()

@@ -15,7 +15,8 @@ Owns the redirections ``megatron.core.optimizer`` needs on a machine without CUD
    version returns the same norm on the CPU.
 
 4. The ``fully_reshardable`` optimizer-state loader copies into torch Adam's per-parameter ``step``,
-   which it never loads (``_without_adam_steps``).
+   which it never loads (``_without_adam_steps``); saving it gathered over gloo makes every
+   save warn that the ranks' common state differs, by design (``quiet_gathered_param_state``).
 
 And the torch-Adam state helpers of checkpointing (``prime_adam_state``, ``restore_adam_steps``):
 on GPU TE's FusedAdam keeps no per-parameter ``step``; torch's Adam does.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -212,3 +214,29 @@ def restore_adam_steps(optimizer: Any) -> None:
                 state = inner.state.get(p)
                 if state and "step" in state:
                     state["step"] = torch.tensor(float(group["step"]), dtype=torch.float32)
+
+
+class _DropGatheredParamStateWarning(logging.Filter):
+    """Drop dist-checkpointing's "common state dict differs" warning when the only difference is the
+    ``('optimizer', 'param_state')`` that a memory-efficient ``fully_reshardable`` save returns as
+    None on data-parallel ranks > 0 (their state was gathered onto DP rank 0, which writes it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (
+            "common state dict differs" in msg
+            and "Keys only on rank 0: []" in msg
+            and msg.rstrip().endswith("[('optimizer', 'param_state')], Mismatched keys: []")
+        )
+
+
+@contextlib.contextmanager
+def quiet_gathered_param_state() -> Iterator[None]:
+    """While saving a gloo-gathered ``fully_reshardable`` checkpoint: no misleading warning per save."""
+    logger = logging.getLogger("megatron.core.dist_checkpointing.validation")
+    f = _DropGatheredParamStateWarning()
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)

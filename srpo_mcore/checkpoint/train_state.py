@@ -141,7 +141,7 @@ class TrainCheckpointer:
         from megatron.core import dist_checkpointing
 
         from srpo_mcore._compat.megatron_ckpt_queue import use_in_process_write_queue
-        from srpo_mcore._compat.megatron_optim_cpu import prime_adam_state
+        from srpo_mcore._compat.megatron_optim_cpu import prime_adam_state, quiet_gathered_param_state
 
         use_in_process_write_queue()
         final = self.root / f"step_{step:06d}"
@@ -160,7 +160,8 @@ class TrainCheckpointer:
                 model_sd, is_loading=False, metadata=self._metadata(self.optimizer_format)
             ),
         }
-        dist_checkpointing.save(sharded, str(tmp))
+        with quiet_gathered_param_state():
+            dist_checkpointing.save(sharded, str(tmp))
         (tmp / "rng").mkdir(exist_ok=True)
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng" / f"rank_{_rank():05d}.pt")
         _barrier()

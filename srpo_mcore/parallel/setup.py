@@ -1,48 +1,24 @@
 """Process-group setup from torchrun / SLURM environment variables.
 
-Owns: reading rank, world size and local rank (torchrun first, then SLURM's srun variables),
-choosing the backend (NCCL with CUDA, gloo without, or as configured), ``init_process_group`` and
+Owns: choosing the backend (NCCL with CUDA, gloo without, or as configured), ``init_process_group`` and
 Megatron-Core's model-parallel groups for a validated `ParallelDims`, and tearing them down again.
 On a machine without CUDA it enables the CPU compatibility layer first.
 
-Does not own: the layout rules (``parallel.dims``) or anything model-specific.
+Does not own: the layout rules (``parallel.dims``), reading this process's place in the job from
+torchrun / SLURM variables (``parallel.env``, re-exported here) or anything model-specific.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from srpo_mcore.parallel.dims import ParallelDims
+from srpo_mcore.parallel.env import DistEnv, dist_env_from_environ
 
-
-@dataclass(frozen=True)
-class DistEnv:
-    """Where this process sits in the job."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    master_addr: str
-    master_port: int
-
-
-def dist_env_from_environ(environ: dict[str, str] | None = None) -> DistEnv:
-    """Read the process's place from torchrun variables, else SLURM's, else a single process."""
-    env = dict(os.environ if environ is None else environ)
-    if "RANK" in env and "WORLD_SIZE" in env:
-        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
-    else:
-        rank, world, local = 0, 1, 0
-    addr = env.get("MASTER_ADDR", "127.0.0.1")
-    port = int(env.get("MASTER_PORT", "29500"))
-    return DistEnv(rank=rank, world_size=world, local_rank=local, master_addr=addr, master_port=port)
+__all__ = ["DistEnv", "destroy_parallel", "dist_env_from_environ", "init_parallel", "resolve_backend"]
 
 
 def resolve_backend(backend: str = "auto") -> str:

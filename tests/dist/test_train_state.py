@@ -25,7 +25,7 @@ def _worker(ckpt_dir: str, save_first: bool) -> dict:
     from srpo_mcore.parallel.setup import destroy_parallel, init_parallel
     from srpo_mcore.rl.batch import TrainSequence, collate
     from srpo_mcore.rl.optim import build_optimizer, prepare_for_training
-    from srpo_mcore.sft import sft_step
+    from srpo_mcore.sft_trainer import sft_step
     from srpo_mcore.tiny.checkpoints import build_tiny_checkpoint
 
     path = build_tiny_checkpoint(NAME)

@@ -65,7 +65,7 @@ def test_one_writer_and_the_job_dies_together(job) -> None:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     first = tool.start(cmd, log)
     try:
-        _wait(lambda: len(tool.computed_metrics(run_dir)) >= 1, 300, "the first step", first)
+        _wait(lambda: (run_dir / "checkpoints" / "latest").exists(), 300, "the first checkpoint", first)
         lock = json.loads((run_dir / ".lock").read_text())
         workers = [p for p in tool.job_processes(first) if p.pid != first.pid]
         assert lock["pid"] in [p.pid for p in workers], "rank 0 holds the lock"

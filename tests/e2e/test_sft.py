@@ -66,7 +66,7 @@ def test_loss_mask_is_the_assistant_turn(source, request, tiny_checkpoint) -> No
     from srpo_mcore.data.rl_dataset import load_prompt_rows, open_images, user_content
     from srpo_mcore.data.system_prompts import system_prompt
     from srpo_mcore.rl.batch import collate
-    from srpo_mcore.sft import sft_sequence
+    from srpo_mcore.sft_trainer import sft_sequence
 
     processor = AutoProcessor.from_pretrained(tiny_checkpoint("gqa"))
     tok = processor.tokenizer

@@ -1,6 +1,6 @@
 """On a CUDA machine: FP8 rollout with vLLM's FP8 kernels (``rollout.precision=fp8``, block128).
 
-The engine starts from the ModelOpt FP8 export of the trainer's weights (as ``train.py`` does on
+The engine starts from the ModelOpt FP8 export of the trainer's weights (as ``grpo_trainer.py`` does on
 GPU), serves the language model's linears with block-scaled FP8 GEMMs, and an in-place refit of
 FP8 weights + scales (``checkpoint.fp8.quantize_stream``) gives the same greedy answers as a fresh
 engine on the FP8 export of the updated weights. The FP8 engine's logprobs stay close to the bf16

@@ -172,7 +172,7 @@ def test_bad_input_is_refused_clearly(tiny) -> None:
 
 def test_bf16_paths_never_import_modelopt() -> None:
     code = (
-        "import sys, srpo_mcore.train, srpo_mcore.checkpoint.cli, srpo_mcore.checkpoint.convert, "
+        "import sys, srpo_mcore.grpo_trainer, srpo_mcore.checkpoint.cli, srpo_mcore.checkpoint.convert, "
         "srpo_mcore.rollout.refit, srpo_mcore.rollout.engine, srpo_mcore.checkpoint.fp8; "
         "assert 'modelopt' not in sys.modules, sorted(m for m in sys.modules if m.startswith('modelopt'))"
     )

@@ -104,7 +104,7 @@ def test_gpu_only_fields_are_refused_without_cuda() -> None:
     ]
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    from srpo_mcore.train import GRPOTrainer
+    from srpo_mcore.grpo_trainer import GRPOTrainer
 
     cfg = RunConfig(
         model=ModelConfig(hf_dir="/nonexistent", fused_kernels=True), optim=OptimConfig(overlap_grad_reduce=True)

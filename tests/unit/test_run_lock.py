@@ -106,3 +106,17 @@ def test_dp_reshardable_refuses_another_model_parallel_layout() -> None:
     assert msg is not None and "tp 2 -> 1, pp 1 -> 2" in msg and "fully_reshardable" in msg
     assert resume_problem({**saved, "optimizer_format": "fully_reshardable"}, {"tp": 1, "pp": 2, "cp": 1}) is None
     assert resume_problem({"step": 3}, {"tp": 4}) is None  # no layout recorded (older checkpoints): not checked
+
+
+def test_trainer_command_lines_take_the_lock_before_heavy_imports() -> None:
+    """``python -m srpo_mcore.train`` / ``.sft`` import no torch until the lock is held: a second writer
+    refuses in about a second, not after torch's import (~5-10 s on a busy 2-core machine)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, srpo_mcore.train, srpo_mcore.sft, srpo_mcore.trainer_cli; "
+        "heavy = [m for m in ('torch', 'megatron', 'transformers', 'vllm') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
