@@ -5,7 +5,7 @@
   give the same loss, mismatch metrics and updated weights (exported HF checkpoints) within 1e-5; with
   ``grpo.kl_coef > 0`` (reference model, TP=2) the k3 KL grows from ~0 and enters the loss. TP=2's
   step-1 checkpoint (fully_reshardable) resumed at TP=1 and at PP=2 gives the same step 2 and
-  weights within the same bound; a dp_reshardable checkpoint refuses another CP with a clear message.
+  weights within the same bound; a dp_reshardable checkpoint (TP=2) refuses TP=1 with a clear message.
 - resume: a run stopped by SIGTERM (saves, exits 0) or killed by SIGKILL and then resumed logs
   exactly the metrics of an uninterrupted run (bitwise, fixed seeds, real vLLM engine refitted from
   the restored weights); no checkpoint directory is ever incomplete.
@@ -85,8 +85,9 @@ def test_layouts_equal_tp1(setup) -> None:
         "tp1": ([], 1),
         "tp2": (["parallel.tp=2", "train.save_every=1"], 2),  # fully_reshardable checkpoints at steps 1 and 2
         "pp2": (["parallel.pp=2"], 2),
-        "cp2": (["parallel.cp=2", "checkpoint.optimizer_format=dp_reshardable"], 2),
-        "tp2_kl": (["parallel.tp=2", "grpo.kl_coef=0.1"], 2),  # the frozen reference model, under TP
+        "cp2": (["parallel.cp=2"], 2),
+        # the frozen reference model, under TP; dp_reshardable checkpoints
+        "tp2_kl": (["parallel.tp=2", "grpo.kl_coef=0.1", "checkpoint.optimizer_format=dp_reshardable"], 2),
     }
     for name, (overrides, nproc) in layouts.items():
         run_train(_recipe(setup, name, rollout=replay, train=train, optim=optim, grpo=grpo), overrides, nproc=nproc)
@@ -99,14 +100,15 @@ def test_layouts_equal_tp1(setup) -> None:
         )
         assert "resumed from" in out and "resumed at another layout" in out, out[-3000:]
         assert "not carried over exactly: per-rank torch RNG streams" in out
-    # A dp_reshardable checkpoint (CP=2) refuses to resume at CP=1, saying what to do.
-    _continue_from(runs / "cp2", "step_000002", runs / "cp2_to_tp1")
+    # A dp_reshardable checkpoint (TP=2) refuses to resume at TP=1, saying what to do.
+    _continue_from(runs / "tp2_kl", "step_000002", runs / "tp2_kl_to_tp1")
+    more = {**train, "steps": 3}
     refused = subprocess.run(
-        train_command(_recipe(setup, "cp2_to_tp1", rollout=replay, optim=optim, grpo=grpo, train={**train, "steps": 3})),
+        train_command(_recipe(setup, "tp2_kl_to_tp1", rollout=replay, optim=optim, grpo=grpo, train=more)),
         cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert refused.returncode == 2, refused.stderr[-3000:]
-    assert "dp_reshardable" in refused.stderr and "cp 2 -> 1" in refused.stderr, refused.stderr[-3000:]
+    assert "dp_reshardable" in refused.stderr and "tp 2 -> 1" in refused.stderr, refused.stderr[-3000:]
     ref_metrics = read_metrics(runs / "tp1")
     assert all(m["rollout/mismatch_kl"] > 1e-5 for m in ref_metrics), "the replayed rollouts carry no mismatch"
     fractions = [m["grpo/correction_fraction"] for m in ref_metrics]
