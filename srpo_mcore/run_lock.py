@@ -72,27 +72,26 @@ def holder_record(what: str) -> dict[str, Any]:
     }
 
 
-def describe_holder(path: Path) -> str:
-    """The holder named in lock file `path`, as a phrase (or what is known when it cannot be read)."""
+def _read_record(path: Path) -> dict[str, Any] | None:
     try:
-        rec = json.loads(path.read_text() or "{}")
+        return json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
-        return f"an unknown process (its lock file {path} cannot be read)"
-    job = f", SLURM job {rec['slurm_job_id']}" if rec.get("slurm_job_id") else ""
-    return (
-        f"{rec.get('what', 'a writer')} (pid {rec.get('pid', '?')} on {rec.get('host', '?')}{job}, "
-        f"since {rec.get('started', '?')}: {rec.get('command', '')})"
-    )
+        return None
 
 
 def _refusal(directory: Path, path: Path) -> DirLocked:
-    try:
-        rec = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        rec = {}
+    rec = _read_record(path)
+    if rec is None:
+        holder, rec = f"an unknown process (its lock file {path} cannot be read)", {}
+    else:
+        job = f", SLURM job {rec['slurm_job_id']}" if rec.get("slurm_job_id") else ""
+        holder = (
+            f"{rec.get('what', 'a writer')} (pid {rec.get('pid', '?')} on {rec.get('host', '?')}{job}, "
+            f"since {rec.get('started', '?')}: {rec.get('command', '')})"
+        )
     how = f"scancel {rec['slurm_job_id']}" if rec.get("slurm_job_id") else f"kill {rec.get('pid', '<pid>')}"
     return DirLocked(
-        f"{directory} is being written by {describe_holder(path)}. Two writers would corrupt it: wait for that "
+        f"{directory} is being written by {holder}. Two writers would corrupt it: wait for that "
         f"one to finish, stop it ({how}), or write elsewhere (another output_dir / name). A lock whose holder "
         f"has died is taken over automatically; {path} never needs deleting by hand."
     )

@@ -30,6 +30,9 @@ from pathlib import Path
 import psutil
 import yaml
 
+from srpo_mcore.observe.metrics_log import MetricsLog
+from srpo_mcore.parallel.launch import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 _TIMING = ("time/", "perf/")
 
@@ -38,14 +41,6 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     return env
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def build_recipe(trainer: str, out: Path, *, steps: int, nproc: int) -> tuple[dict, str]:
@@ -87,7 +82,7 @@ def command(recipe_path: Path, module: str, nproc: int) -> list[str]:
     if nproc == 1:
         return [sys.executable, "-m", module, "--config", str(recipe_path)]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
-    return [*torchrun, "--master_port", str(_free_port()), "-m", module, "--config", str(recipe_path)]
+    return [*torchrun, "--master_port", str(free_port()), "-m", module, "--config", str(recipe_path)]
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
@@ -153,11 +148,8 @@ def checkpoint_problems(ckpt_dir: Path) -> list[str]:
 
 
 def computed_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if not k.startswith(_TIMING)} for r in records]
+    """The run's per-step records without timings (a live run's torn last line is skipped)."""
+    return [{k: v for k, v in r.items() if not k.startswith(_TIMING)} for r in MetricsLog.read(run_dir)]
 
 
 def run_to_end(cmd: list[str], log: Path, timeout: float, run_dir: Path) -> tuple[float, float]:
