@@ -292,7 +292,17 @@ class DataConfig:
     """RL prompts: local jsonl / parquet files read with HF ``datasets`` (never a network)."""
 
     train_files: list[str] = field(default_factory=list)
-    """jsonl or parquet files (or directories of them) with one prompt per row."""
+    """jsonl, json or parquet files (or directories of them) with one prompt per row."""
+    format: Literal["auto", "rows", "chat", "sharegpt", "llava", "easyr1"] = "auto"
+    """Row layout (``srpo_mcore.data.formats``): rows = question/answer/images columns (the
+    ``*_field`` names below); chat = a ``message`` JSON chat + answer (the SRPO release);
+    sharegpt = ``messages``/``conversations`` + ``images`` (LLaMA-Factory); llava =
+    ``conversations`` + ``image``; easyr1 = ``problem``/``answer``/``images``. auto detects it per
+    file from the columns, and the load report says what it chose."""
+    cache_dir: str | None = None
+    """Where each file's index and row checks are cached (default: ``.srpo-cache`` next to the
+    file, or ``~/.cache/srpo_mcore/data`` where that directory is not writable). Every rank must
+    see it (a shared filesystem on a cluster)."""
     image_root: str | None = None
     """Relative image paths are resolved against this directory (default: the data file's directory)."""
     id_field: str = "id"

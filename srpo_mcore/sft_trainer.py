@@ -91,6 +91,7 @@ class SFTTrainer(MegatronTrainer):
     """Stage-1 SFT run on this rank (construct on every rank; collective)."""
 
     name = "sft"
+    answer_from = "response"
 
     def rows_per_step(self) -> int:
         return self.cfg.sft.batch_size

@@ -58,6 +58,8 @@ class MegatronTrainer:
 
     name = "train"
     """Progress-bar label and log prefix."""
+    answer_from = "gold"
+    """What a conversation row's answer is: the gold (RL) or the assistant turn (SFT: ``response``)."""
 
     def __init__(self, cfg: RunConfig) -> None:
         from megatron.core import parallel_state as ps
@@ -151,17 +153,15 @@ class MegatronTrainer:
         self.load_hf(model, self.hf_dir, progress=self.rank0)
         return model
 
-    def _load_rows(self) -> list[Any]:
+    def _load_rows(self) -> Any:
         from srpo_mcore.data.rl_dataset import load_prompt_rows
 
-        box: list[Any] = [None]
-        if self.rank0:  # validated once (images opened), then shared
-            rows, report = load_prompt_rows(self.cfg.data, progress=True, processor=self.processor)
-            log.info("%s", report.summary())
-            box = [rows]
-        if dist.is_initialized():
-            dist.broadcast_object_list(box, src=0)
-        return box[0]
+        # collective: rank 0 indexes the files, every rank checks a share of the rows (both cached)
+        rows, report = load_prompt_rows(
+            self.cfg.data, progress=self.rank0, processor=self.processor, answer_from=self.answer_from
+        )
+        log.info("%s", report.summary())
+        return rows
 
     def resume(self) -> None:
         """Continue from the run directory's latest checkpoint, if any (and ``train.resume``)."""

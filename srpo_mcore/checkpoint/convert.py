@@ -41,7 +41,7 @@ from srpo_mcore.atomic_dir import atomic_dir
 from srpo_mcore.checkpoint.hf_export import SIDE_FILES
 from srpo_mcore.checkpoint.hf_io import HFCheckpoint
 from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch, TextArch, VisionArch
-from srpo_mcore.models.qwen2_5_vl.weight_map import weight_rows
+from srpo_mcore.models.qwen2_5_vl.weight_map import hub_name, weight_rows
 from srpo_mcore.parallel.dims import ParallelDims
 from srpo_mcore.parallel.launch import run_here, spawn
 from srpo_mcore.run_lock import hold_dir
@@ -69,7 +69,7 @@ def read_hf_source(hf_dir: str | Path) -> tuple[Qwen25VLArch, HFCheckpoint]:
     except (ValueError, KeyError) as e:
         raise ConversionError(f"{hf_dir / 'config.json'}: {e}") from e
     try:
-        ckpt = HFCheckpoint(hf_dir)
+        ckpt = HFCheckpoint(hf_dir, rename=hub_name)
     except (ValueError, FileNotFoundError) as e:
         raise ConversionError(str(e)) from e
     expected = {h for row in weight_rows(arch) for h in row.hf}
@@ -253,7 +253,7 @@ def _hf_to_mcore_worker(hf_dir: str, tmp: str, arch: Qwen25VLArch, tp: int, pp: 
 
     _reset_peak_rss()
     model = _build(arch, tp, pp, dtype)
-    ckpt = HFCheckpoint(hf_dir)
+    ckpt = HFCheckpoint(hf_dir, rename=hub_name)
     by_storage = {p.untyped_storage().data_ptr(): (local, p, row) for local, p, row in rows_for_model(model)}
     bar = tqdm(total=len(by_storage), desc="convert", unit="tensor", disable=dist.get_rank() != 0)
     last: dict[int, torch.Tensor] = {}  # the last parameter produced (fused fc1 is saved as two halves)

@@ -6,7 +6,9 @@ name the file and tensor at fault. Each file is validated by ``safetensors`` whe
 tensors are then read with one positioned read each into a fresh buffer instead of through a
 memory map, so the pages of tensors already consumed do not stay in this process's resident set
 (a memory-mapped read keeps every page it touched mapped: a converter's RSS grew by the whole
-checkpoint).
+checkpoint). An optional ``rename`` maps the names stored in the files to the names callers use
+(e.g. transformers' internal Qwen2.5-VL layout to the hub's), so one checkpoint may be saved in
+either layout.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -86,9 +89,15 @@ class _File:
 
 
 class HFCheckpoint:
-    """Lazy view of the tensors of an HF checkpoint directory (one tensor read at a time)."""
+    """Lazy view of the tensors of an HF checkpoint directory (one tensor read at a time).
 
-    def __init__(self, path: str | Path) -> None:
+    Args:
+        path: The checkpoint directory.
+        rename: Maps a stored tensor name to the name it is known by here (default: itself).
+            Two stored tensors that rename to one name are refused, naming both.
+    """
+
+    def __init__(self, path: str | Path, rename: Callable[[str], str] | None = None) -> None:
         self.path = Path(path)
         index = self.path / "model.safetensors.index.json"
         single = self.path / "model.safetensors"
@@ -103,6 +112,21 @@ class HFCheckpoint:
             self._where = dict.fromkeys(self._file(single).keys, single)
         else:
             raise FileNotFoundError(f"{self.path}: no model.safetensors or model.safetensors.index.json")
+        self._stored: dict[str, str] = {}
+        """Name used here -> name in the file."""
+        where: dict[str, Path] = {}
+        for stored, file in self._where.items():
+            name = rename(stored) if rename else stored
+            if name in self._stored:
+                raise ValueError(
+                    f"{self.path}: tensors {self._stored[name]!r} and {stored!r} are both {name!r} "
+                    "(the checkpoint mixes two tensor layouts)"
+                )
+            self._stored[name] = stored
+            where[name] = file
+        self._where = where
+        self.renamed = sum(k != v for k, v in self._stored.items())
+        """How many tensors are known here by another name than the stored one."""
 
     def _file(self, path: Path) -> _File:
         if path not in self._files:
@@ -119,22 +143,22 @@ class HFCheckpoint:
         """One tensor, read on demand into memory of its own."""
         if name not in self._where:
             raise KeyError(f"{self.path}: checkpoint has no tensor {name!r}")
-        file = self._file(self._where[name])
-        if name not in file.header:
-            raise ValueError(f"{file.path}: cannot read tensor {name!r} (the index names it, the file lacks it)")
+        file, stored = self._file(self._where[name]), self._stored[name]
+        if stored not in file.header:
+            raise ValueError(f"{file.path}: cannot read tensor {stored!r} (the index names it, the file lacks it)")
         try:
-            return file.read(name)
+            return file.read(stored)
         except OSError as e:
-            raise ValueError(f"{file.path}: cannot read tensor {name!r} ({e})") from e
+            raise ValueError(f"{file.path}: cannot read tensor {stored!r} ({e})") from e
 
     def location(self, name: str) -> tuple[str, int, int, torch.dtype]:
         """(file, byte offset, bytes, dtype) of tensor `name`'s raw data, without reading it."""
         if name not in self._where:
             raise KeyError(f"{self.path}: checkpoint has no tensor {name!r}")
-        file = self._file(self._where[name])
-        entry = file.header.get(name)
+        file, stored = self._file(self._where[name]), self._stored[name]
+        entry = file.header.get(stored)
         if entry is None or entry["dtype"] not in DTYPES:
-            raise ValueError(f"{file.path}: cannot locate tensor {name!r}")
+            raise ValueError(f"{file.path}: cannot locate tensor {stored!r}")
         begin, end = entry["data_offsets"]
         return str(file.path), file.data_start + begin, end - begin, DTYPES[entry["dtype"]]
 

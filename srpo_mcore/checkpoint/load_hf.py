@@ -18,7 +18,7 @@ from srpo_mcore.checkpoint.hf_io import HFCheckpoint
 from srpo_mcore.checkpoint.transforms import tp_shard
 from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch
 from srpo_mcore.models.qwen2_5_vl.model import Qwen25VLModel
-from srpo_mcore.models.qwen2_5_vl.weight_map import WeightRow, canonical_name, global_name, to_mcore, weight_rows
+from srpo_mcore.models.qwen2_5_vl.weight_map import WeightRow, canonical_name, global_name, hub_name, to_mcore, weight_rows
 
 
 def rows_for_model(model: Qwen25VLModel) -> list[tuple[str, torch.nn.Parameter, WeightRow]]:
@@ -56,7 +56,7 @@ def load_hf_weights(model: Qwen25VLModel, hf_dir: str | Path | HFCheckpoint, *, 
     """Copy this rank's shard of every parameter from the HF checkpoint; return how many."""
     from tqdm import tqdm
 
-    ckpt = hf_dir if isinstance(hf_dir, HFCheckpoint) else HFCheckpoint(hf_dir)
+    ckpt = hf_dir if isinstance(hf_dir, HFCheckpoint) else HFCheckpoint(hf_dir, rename=hub_name)
     n = 0
     for local, param, row in tqdm(rows_for_model(model), desc="load", unit="tensor", disable=not progress):
         param.copy_(hf_shard(ckpt, local, param, row, model.arch))

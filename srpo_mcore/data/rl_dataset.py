@@ -1,59 +1,78 @@
-"""RL prompt datasets: local jsonl / parquet rows with images, validated, chat-templated, counted.
+"""RL and SFT prompt data: local files in the formats users have, validated, indexed, chat-templated.
 
-Owns: finding the files named by ``DataConfig.train_files`` (files or directories of them), reading
-them with HF ``datasets`` (local files only, into memory, with a throw-away cache so no stale
-Arrow cache can ever be read back), validating every row — a bad row is skipped and reported by
-id and reason, never fatal —, the clear ``DataError`` for everything that is the recipe's fault
-(a missing file, an unsupported or unreadable file, a missing column, nothing left to train on),
-and turning a row into what the rollout engine takes: the chat-templated prompt with the system
-prompt of ``data.prompt``, its RGB images, and the prompt's token count after image expansion.
+Owns: finding the files named by ``DataConfig.train_files`` (files or directories of them),
+``load_prompt_rows`` — which indexes each file once (``prompt_index``: any of the ``formats``, read
+in batches, memory-mapped, cached next to the data), checks every row's images and prompt length
+once, in parallel across the ranks of a job (``prompt_checks``, cached too), and keeps the usable
+rows across files — the clear ``DataError`` for everything that is the recipe's fault (a missing
+file, an unsupported or unreadable file, a missing column, nothing left to train on), and turning a
+row into what the rollout engine takes: the chat-templated prompt with the system prompt of
+``data.prompt``, its RGB images, and the prompt's token count after image expansion.
+
+A bad row is skipped and reported by id and reason, never fatal. Skip reasons (``LoadReport.skipped``
+keys): ``missing_id`` (an empty id in the id column), ``duplicate_id`` (an id seen on an earlier row,
+whatever became of that row), ``bad_row`` (a value of a type that cannot be a question / gold /
+image), ``bad_conversation`` (a chat / ShareGPT / LLaVA row that is not one [system] user [assistant]
+exchange), ``empty_question``, ``empty_answer`` (None, empty or NaN gold; an SFT conversation without
+an assistant turn), ``missing_image`` (no such file), ``remote_image`` (an http(s) URL: jobs read local
+files only), ``unreadable_image`` (PIL cannot verify it), ``image_marker_mismatch`` (the question's
+``<image>`` markers do not match its images) and ``too_long`` (more than ``data.max_prompt_tokens``
+prompt tokens; only when a processor is given).
+
+System turns: with ``data.prompt: srpo`` or ``plain`` the policy is asked for that format, so our
+system prompt replaces any system turn of the data; with ``data.prompt: none`` the data's own
+system turn (if any) is kept.
 
 Does not own: the system prompt texts (``system_prompts``), batching, shuffling and episodes
 (the trainer), or scoring answers against the gold (``srpo_mcore.rl.rewards``).
-
-Skip reasons (``LoadReport.skipped`` keys): ``missing_id`` (an empty id in the id column),
-``duplicate_id`` (an id seen on an earlier row, whatever became of that row), ``bad_row`` (a value
-of a type that cannot be a question / gold / image), ``empty_question``, ``empty_answer`` (None,
-empty or NaN gold), ``missing_image`` (no such file), ``unreadable_image`` (PIL cannot verify it),
-``image_marker_mismatch`` (the question's ``<image>`` markers do not match its images) and
-``too_long`` (more than ``data.max_prompt_tokens`` prompt tokens; only when a processor is given).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import math
-import tempfile
+import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from PIL import Image
-from tqdm import tqdm
 
 from srpo_mcore.config import DataConfig
+from srpo_mcore.data.formats import IMAGE_MARKER, AnswerFrom, DataError
+from srpo_mcore.data.prompt_checks import Checks, check_rows, read_checks, write_checks
+from srpo_mcore.data.prompt_index import (
+    Index,
+    IndexedRow,
+    IndexSpec,
+    build_index,
+    cache_dir_for,
+    content_hash,
+    processor_key,
+    spec_for,
+)
 from srpo_mcore.data.system_prompts import system_prompt
 from srpo_mcore.rollout.types import RolloutRequest
 
 log = logging.getLogger(__name__)
 
+__all__ = ["IMAGE_MARKER", "DataError", "LoadReport", "PromptRow", "PromptRows", "load_prompt_rows"]
+
 type ImageRef = str | bytes
 """An image of a row: a resolved absolute file path, or the encoded bytes of an embedded image."""
 
-FORMATS: dict[str, str] = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-"""File extension -> HF ``datasets`` builder."""
-IMAGE_MARKER = "<image>"
-"""Marks where an image goes in a question (LLaVA-style data); stripped from the prompt."""
+EXTENSIONS = (".jsonl", ".json", ".parquet")
+"""Data file extensions (JSON: one object per line, or one array of objects)."""
 REASONS = (
     "missing_id",
     "duplicate_id",
     "bad_row",
+    "bad_conversation",
     "empty_question",
     "empty_answer",
     "missing_image",
+    "remote_image",
     "unreadable_image",
     "image_marker_mismatch",
     "too_long",
@@ -63,13 +82,9 @@ SUMMARY_IDS = 5
 """How many ids per reason ``LoadReport.summary`` shows."""
 
 
-class DataError(ValueError):
-    """The prompt data cannot be used as configured. The message names the file and/or config field."""
-
-
 @dataclass(frozen=True)
 class PromptRow:
-    """One validated RL prompt."""
+    """One validated RL prompt (or SFT example: ``answer`` is then the target response)."""
 
     id: str
     question: str
@@ -78,6 +93,8 @@ class PromptRow:
     """Gold answer as a string (numbers converted: 3 -> "3", 2.5 -> "2.5")."""
     images: tuple[ImageRef, ...]
     """Absolute paths or encoded image bytes, in prompt order; each was verified readable."""
+    system: str | None = None
+    """The data's own system turn (used only with ``data.prompt: none``)."""
 
 
 @dataclass
@@ -87,6 +104,8 @@ class LoadReport:
     total: int = 0
     kept: int = 0
     skipped: dict[str, list[str]] = field(default_factory=dict)
+    formats: dict[str, str] = field(default_factory=dict)
+    """Data file name -> the format its rows were read as."""
 
     def skip(self, reason: str, row_id: str) -> None:
         """Record that row `row_id` was skipped for `reason`."""
@@ -104,15 +123,36 @@ class LoadReport:
         for reason, ids in self.skipped.items():
             shown = ", ".join(ids[:SUMMARY_IDS]) + (", …" if len(ids) > SUMMARY_IDS else "")
             lines.append(f"  {reason:<{width}}  {len(ids):>6}  e.g. {shown}")
+        if self.formats:
+            lines.append("  formats: " + ", ".join(f"{name}={fmt}" for name, fmt in self.formats.items()))
         return "\n".join(lines)
 
 
-class _Skip(Exception):
-    """A row is unusable for `reason` (caught per row; never escapes this module)."""
+class PromptRows(Sequence[PromptRow]):
+    """The kept rows of a load, read from the memory-mapped indexes when indexed (cheap to pickle)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, indexes: list[Index], kept: list[tuple[int, int, str]]) -> None:
+        self._indexes = indexes
+        self._kept = kept
+        """(file, row of its index, id) of every kept row, in order."""
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    @overload
+    def __getitem__(self, k: int) -> PromptRow: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[PromptRow]: ...
+    def __getitem__(self, k: int | slice) -> PromptRow | list[PromptRow]:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        f, i, rid = self._kept[k]
+        r: IndexedRow = self._indexes[f].row(i)
+        assert r.question is not None and r.answer is not None
+        return PromptRow(rid, r.question, r.answer, r.images, r.system)
+
+    def __iter__(self) -> Iterator[PromptRow]:
+        return (self[i] for i in range(len(self)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,20 +175,20 @@ def resolve_files(train_files: Sequence[str]) -> list[Path]:
     """
     if not train_files:
         raise DataError("data.train_files is empty: name at least one jsonl or parquet file (or a directory of them)")
-    exts = ", ".join(FORMATS)
+    exts = ", ".join(EXTENSIONS)
     files: list[Path] = []
     for entry in train_files:
         path = Path(entry).expanduser()
         if path.is_dir():
             found = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FORMATS and not p.name.startswith(".")
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
             )
             if not found:
                 raise DataError(f"data.train_files: directory {path} holds no data files ({exts})")
             files.extend(found)
         elif not path.exists():
             raise DataError(f"data.train_files: {path} does not exist")
-        elif path.suffix.lower() not in FORMATS:
+        elif path.suffix.lower() not in EXTENSIONS:
             raise DataError(
                 f"data.train_files: {path} has unsupported extension {path.suffix!r}; expected one of {exts}"
             )
@@ -157,164 +197,117 @@ def resolve_files(train_files: Sequence[str]) -> list[Path]:
     return files
 
 
-@contextmanager
-def _datasets_progress(enabled: bool) -> Iterator[None]:
-    """Silence HF ``datasets`` progress bars inside the block unless `enabled`."""
-    import datasets
+@dataclass(frozen=True)
+class IndexedFile:
+    """A data file, how it is indexed, and where its caches are."""
 
-    turn_off = not enabled and not datasets.are_progress_bars_disabled()
-    if turn_off:
-        datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if turn_off:
-            datasets.enable_progress_bars()
+    source: Path
+    spec: IndexSpec
+    index: Path
+    cache: Path
+    key: str
 
 
-def _undecoded(feature: Any) -> Any | None:
-    """The same feature with images left encoded ({"bytes", "path"}), or None if it holds no Image."""
-    import datasets
-
-    if isinstance(feature, datasets.Image):
-        return datasets.Image(decode=False)
-    if isinstance(feature, datasets.List | datasets.LargeList) and isinstance(feature.feature, datasets.Image):
-        return replace(feature, feature=datasets.Image(decode=False))
-    return None
-
-
-def read_file(path: Path, cfg: DataConfig, cache_dir: str) -> Any:
-    """Read one data file into an in-memory HF ``Dataset``, checking the configured columns.
-
-    Args:
-        path: A jsonl/json/parquet file.
-        cfg: The data config (column names).
-        cache_dir: Where ``datasets`` may write its Arrow cache (a temporary directory).
-
-    Returns:
-        The ``datasets.Dataset`` (image features left undecoded), or None for an empty file.
-
-    Raises:
-        DataError: The file cannot be parsed as its format, or a configured column is missing.
-    """
-    import datasets
-
-    if path.stat().st_size == 0:
-        return None
-    builder = FORMATS[path.suffix.lower()]
-    try:
-        ds = datasets.load_dataset(
-            builder, data_files=str(path), split="train", cache_dir=cache_dir, keep_in_memory=True
-        )
-    except Exception as e:  # datasets wraps parser errors in several types; the cause is what helps
-        cause = e.__cause__ or e
-        kind = "jsonl" if builder == "json" else builder
-        raise DataError(f"{path} is not a valid {kind} file: {type(cause).__name__}: {cause}") from e
-    columns = list(ds.column_names)
-    for name in ("question_field", "answer_field", "image_field"):
-        column = getattr(cfg, name)
-        if column not in columns:
-            hint = " (for text-only rows keep the column with null or [] values)" if name == "image_field" else ""
-            raise DataError(f"data.{name}={column!r} not in columns {columns} of {path}{hint}")
-    undecoded = _undecoded(ds.features[cfg.image_field])
-    if undecoded is not None:  # keep the encoded bytes: no decode now, no lossy re-encode later
-        ds = ds.cast_column(cfg.image_field, undecoded)
-    return ds
+def index_files(cfg: DataConfig, answer_from: AnswerFrom, *, progress: bool) -> list[IndexedFile]:
+    """Index every non-empty file of ``cfg.train_files`` (reusing cached indexes of unchanged files)."""
+    image_root = Path(cfg.image_root).expanduser().resolve() if cfg.image_root else None
+    out = []
+    for path in resolve_files(cfg.train_files):
+        if path.stat().st_size == 0:
+            continue
+        spec = spec_for(path, cfg, answer_from, image_root)
+        cache = cache_dir_for(path, cfg.cache_dir)
+        key = spec.key(content_hash(path, cache))
+        index = cache / f"{path.name}.{key}.arrow"
+        if index.exists():
+            log.info("%s: indexed rows cached at %s", path, index)
+        else:
+            build_index(path, spec, index, progress=progress)
+        out.append(IndexedFile(path, spec, index, cache, key))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
-# Rows
+# Loading
 # --------------------------------------------------------------------------------------------
 
 
-def _scalar_str(value: Any) -> str | None:
-    """A gold answer or id as a string; None when empty. Raises ``_Skip("bad_row")`` for non-scalars."""
-    if value is None:
+def _dist() -> Any:
+    """``torch.distributed`` when this process is one rank of an initialised group, else None."""
+    if "torch.distributed" not in sys.modules:  # never import torch for a single-process load
         return None
-    if isinstance(value, bool):
-        raise _Skip("bad_row")
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            raise _Skip("bad_row")
-        return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, int | str):
-        text = str(value).strip()
-        return text or None
-    raise _Skip("bad_row")
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
 
 
-def _image_ref(value: Any, base_dir: Path) -> ImageRef:
-    """One image value of a row -> a path or encoded bytes (not yet checked)."""
-    if isinstance(value, dict):
-        if value.get("bytes") is not None:
-            return _image_ref(value["bytes"], base_dir)
-        if value.get("path"):
-            return _image_ref(value["path"], base_dir)
-        raise _Skip("bad_row")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    if isinstance(value, Image.Image):
-        buf = io.BytesIO()
-        value.save(buf, format="PNG")
-        return buf.getvalue()
-    if isinstance(value, str):
-        if not value.strip():
-            raise _Skip("missing_image")
-        path = Path(value).expanduser()
-        return str((path if path.is_absolute() else base_dir / path).resolve())
-    raise _Skip("bad_row")
+def _from_rank0(dist: Any, obj: Any) -> Any:
+    if dist is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
-def _check_image(ref: ImageRef) -> None:
-    """Raise ``_Skip`` unless `ref` is an existing, PIL-verifiable image."""
-    if isinstance(ref, str) and not Path(ref).is_file():
-        raise _Skip("missing_image")
-    try:
-        with Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref) as im:
-            im.verify()
-    except Exception:
-        raise _Skip("unreadable_image") from None
+def _checks(files: list[IndexedFile], cfg: DataConfig, processor: Any | None, progress: bool) -> list[Checks]:
+    """The checks of every file's usable rows: cached, or computed now with every rank taking a share."""
+    dist = _dist()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+    pk = processor_key(processor, f"{cfg.prompt}:{system_prompt(cfg.prompt)}")
+    paths = [f.cache / f"{f.source.name}.{f.key}.checks-{pk}.json" for f in files]
+    cached = _from_rank0(dist, [read_checks(p) for p in paths] if rank == 0 else None)
+    count = None
+    if processor is not None:
+        tokenizer = getattr(processor, "tokenizer", processor)
 
+        def count(r: IndexedRow) -> int:
+            row = PromptRow(r.id or "", r.question or "", r.answer or "", r.images, r.system)
+            return prompt_token_count(processor, to_request(row, tokenizer, cfg.prompt))
 
-def _parse_row(raw: dict[str, Any], cfg: DataConfig, base_dir: Path) -> PromptRow:
-    """Validate one raw row (its id already checked) and build the ``PromptRow``."""
-    question = raw.get(cfg.question_field)
-    if question is not None and not isinstance(question, str):
-        raise _Skip("bad_row")
-    if question is None or not question.strip():
-        raise _Skip("empty_question")
-    answer = _scalar_str(raw.get(cfg.answer_field))
-    if answer is None:
-        raise _Skip("empty_answer")
-    value = raw.get(cfg.image_field)
-    values = [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
-    images = tuple(_image_ref(v, base_dir) for v in values)
-    for ref in images:
-        _check_image(ref)
-    markers = question.count(IMAGE_MARKER)
-    if markers and markers != len(images):
-        raise _Skip("image_marker_mismatch")
-    return PromptRow(id="", question=question, answer=answer, images=images)
+    out = []
+    for file, path, checks in zip(files, paths, cached, strict=True):
+        if checks is None:
+            index = Index(file.index)  # its own mapping: the pages of every image it opens go with it
+            todo = [i for i, reason in enumerate(index.column("skip")) if reason is None]
+            mine = check_rows(index, todo[rank::world], count, progress=progress and rank == 0)
+            index.close()
+            checks = mine
+            if dist:
+                parts: list[Any] = [None] * world
+                dist.all_gather_object(parts, mine)
+                checks = {k: v for part in parts for k, v in part.items()}
+            if rank == 0:
+                write_checks(path, checks)
+        else:
+            log.info("%s: row checks cached at %s", file.source, path)
+        out.append(checks)
+    return out
 
 
 def load_prompt_rows(
-    cfg: DataConfig, *, progress: bool = True, processor: Any | None = None
-) -> tuple[list[PromptRow], LoadReport]:
+    cfg: DataConfig,
+    *,
+    progress: bool = True,
+    processor: Any | None = None,
+    answer_from: AnswerFrom = "gold",
+) -> tuple[PromptRows, LoadReport]:
     """Read every file of ``cfg.train_files`` in order, validate every row, keep the good ones.
 
-    A bad row never stops loading: it is skipped and its id recorded under its reason in the report
-    (rows without an id get ``"<file name>#<row in file>"``). When the id column is absent, the row
-    number across all files (from 0) is the id. Relative image paths resolve against
-    ``cfg.image_root``, else the data file's directory.
+    Collective when ``torch.distributed`` is initialised (call it on every rank): rank 0 indexes the
+    files, every rank checks a share of the rows, and every rank gets the same rows. A bad row never
+    stops loading: it is skipped and its id recorded under its reason in the report (rows without
+    an id get ``"<file name>#<row in file>"``). When the id column is absent, the row number across
+    all files (from 0) is the id. Relative image paths resolve against ``cfg.image_root``, else the
+    data file's directory.
 
     Args:
         cfg: The data section of the run config.
-        progress: Show progress bars (reading and the validation pass).
+        progress: Show progress bars (indexing and the validation pass).
         processor: When given (an HF processor of the policy), rows whose prompt — chat template,
             ``cfg.prompt`` system prompt and expanded image tokens — exceeds
-            ``cfg.max_prompt_tokens`` are skipped as ``too_long``. This opens every image.
+            ``cfg.max_prompt_tokens`` are skipped as ``too_long``.
+        answer_from: ``gold`` (RL: a conversation's answer is ``cfg.answer_field`` when the file has
+            it) or ``response`` (SFT: the assistant turn is the target).
 
     Returns:
         The kept rows, in file order, and the load report.
@@ -323,57 +316,54 @@ def load_prompt_rows(
         DataError: ``train_files`` is empty, a file is missing / of an unsupported type / not
             parseable, a configured column is missing, or no row is left.
     """
-    files = resolve_files(cfg.train_files)
-    image_root = Path(cfg.image_root).expanduser().resolve() if cfg.image_root else None
-    report = LoadReport()
-    rows: list[PromptRow] = []
+    dist = _dist()
+    rank = dist.get_rank() if dist else 0
+    result: Any = None
+    if rank == 0:
+        try:
+            result = index_files(cfg, answer_from, progress=progress)
+        except DataError as e:
+            result = e
+    result = _from_rank0(dist, result)
+    if isinstance(result, DataError):
+        raise DataError(str(result))
+    files: list[IndexedFile] = result
+    checks = _checks(files, cfg, processor, progress)
+    report = LoadReport(formats={f.source.name: f.spec.format for f in files})
+    indexes = [Index(f.index) for f in files]
+    kept: list[tuple[int, int, str]] = []
     seen: set[str] = set()
-    with tempfile.TemporaryDirectory(prefix="srpo-datasets-") as cache_dir, _datasets_progress(progress):
-        tables = [(path, read_file(path, cfg, cache_dir)) for path in files]
-        total = sum(len(ds) for _, ds in tables if ds is not None)
-        bar = tqdm(total=total, desc="validating prompts", unit="row", disable=not progress)
-        number = 0
-        for path, ds in tables:
-            if ds is None:
+    number = 0
+    for n, (file, index, file_checks) in enumerate(zip(files, indexes, checks, strict=True)):
+        has_id = file.spec.id_field is not None
+        for i, (rid, reason, row_number) in enumerate(
+            zip(index.column("id"), index.column("skip"), index.column("number"), strict=True)
+        ):
+            report.total += 1
+            rid = rid if has_id else str(number)
+            number += 1
+            if rid is None:
+                report.skip(reason or "missing_id", f"{file.source.name}#{row_number}")
                 continue
-            base_dir = image_root or path.parent.resolve()
-            has_id = cfg.id_field in ds.column_names
-            for i, raw in enumerate(ds):
-                report.total += 1
-                fallback = f"{path.name}#{i}"
-                row_id = fallback
-                try:
-                    rid = _scalar_str(raw[cfg.id_field]) if has_id else str(number)
-                    if rid is None:
-                        raise _Skip("missing_id")
-                    row_id = rid
-                    if rid in seen:
-                        raise _Skip("duplicate_id")
-                    seen.add(rid)
-                    row = replace(_parse_row(raw, cfg, base_dir), id=rid)
-                    if processor is not None and too_long(row, processor, cfg):
-                        raise _Skip("too_long")
-                except _Skip as skip:
-                    report.skip(skip.reason, row_id)
-                except Exception:  # whatever a strange row does, it costs that row only
-                    log.exception("prompt row %s of %s", row_id, path)
-                    report.skip("bad_row", row_id)
-                else:
-                    rows.append(row)
-                number += 1
-                bar.update()
-        bar.close()
-    report.kept = len(rows)
-    if not rows:
-        raise DataError(f"no usable prompt rows in {[str(f) for f in files]}:\n{report.summary()}")
+            if rid in seen:
+                report.skip("duplicate_id", rid)
+                continue
+            seen.add(rid)
+            if reason is None:
+                check = file_checks.get(i, "bad_row")
+                if isinstance(check, str):
+                    reason = check
+                elif processor is not None and check > cfg.max_prompt_tokens:
+                    reason = "too_long"
+            if reason is not None:
+                report.skip(reason, rid)
+            else:
+                kept.append((n, i, rid))
+    report.kept = len(kept)
+    if not kept:
+        raise DataError(f"no usable prompt rows in {[str(f) for f in resolve_files(cfg.train_files)]}:\n{report.summary()}")
     log.debug("%s", report.summary())  # the caller decides how to show the report
-    return rows, report
-
-
-def too_long(row: PromptRow, processor: Any, cfg: DataConfig) -> bool:
-    """Whether `row`'s prompt has more than ``cfg.max_prompt_tokens`` tokens after image expansion."""
-    tokenizer = getattr(processor, "tokenizer", processor)
-    return prompt_token_count(processor, to_request(row, tokenizer, cfg.prompt)) > cfg.max_prompt_tokens
+    return PromptRows(indexes, kept), report
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,12 +422,12 @@ def chat_prompt(row: PromptRow, tokenizer: Any, kind: str) -> str:
     Args:
         row: The prompt row.
         tokenizer: An HF tokenizer (or processor) with the model's chat template.
-        kind: ``data.prompt``: ``"srpo"``, ``"plain"`` or ``"none"`` (no system message).
+        kind: ``data.prompt``: ``"srpo"``, ``"plain"`` or ``"none"`` (the row's own system turn, if any).
 
     Returns:
         The chat-templated text, ending with the assistant header; one image placeholder per image.
     """
-    system = system_prompt(kind)
+    system = system_prompt(kind) if kind != "none" else row.system
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": user_content(row.question, len(row.images))})
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -82,6 +82,57 @@ def test_one_rank_export_copies_stored_tensors(name: str, dtype: str, tmp_path: 
         assert h2m["copied_bytes"] == 0
 
 
+def transformers_layout_copy(src: Path, dst: Path) -> Path:
+    """`src` saved as transformers holds it in memory since 4.52: ``model.language_model.*``,
+    ``model.visual.*`` (what several fine-tuning stacks write with ``save_file(model.state_dict())``)."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForImageTextToText
+
+    shutil.copytree(src, dst)
+    model = AutoModelForImageTextToText.from_pretrained(src, dtype=torch.float32)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.get_text_config().tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+def test_transformers_tensor_layout_converts_bit_identically(tmp_path: Path, tiny_checkpoint) -> None:
+    """One tiny model saved in the hub layout and in transformers' internal layout: both convert to
+    bit-identical Megatron checkpoints (TP=2, and TP=1 where tensors are copied file to file), and the
+    export of either is the hub layout."""
+    from transformers import AutoModelForImageTextToText
+
+    src = tiny_checkpoint("gqa")
+    internal = transformers_layout_copy(src, tmp_path / "internal")
+    names = HFCheckpoint(internal).names()
+    assert any(n.startswith("model.language_model.") for n in names), names[:4]
+    assert any(n.startswith("model.visual.") for n in names) and not any(n.startswith("visual.") for n in names)
+    reloaded = AutoModelForImageTextToText.from_pretrained(internal, dtype=torch.float32).state_dict()
+    original = AutoModelForImageTextToText.from_pretrained(src, dtype=torch.float32).state_dict()
+    assert all(torch.equal(reloaded[k], original[k]) for k in original)  # transformers reads it as the same model
+    for tp in (2, 1):
+        a = hf_to_mcore(src, tmp_path / f"hub-tp{tp}", tp=tp, pp=1, dtype="fp32")
+        b = hf_to_mcore(internal, tmp_path / f"internal-tp{tp}", tp=tp, pp=1, dtype="fp32")
+        files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+        assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+        tensor_files = [rel for rel in files_a if rel.suffix == ".distcp"]
+        assert tensor_files
+        for rel in tensor_files + [Path("srpo_mcore.json")]:  # .metadata pickles a run-unique id
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"tp={tp}: {rel} differs"
+    assert_same_checkpoint(src, mcore_to_hf(b, tmp_path / "hf"))
+    mixed = tmp_path / "mixed"
+    shutil.copytree(internal, mixed)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(internal / "model.safetensors"))
+    tensors["model.layers.0.mlp.up_proj.weight"] = tensors["model.language_model.layers.0.mlp.up_proj.weight"].clone()
+    save_file(tensors, str(mixed / "model.safetensors"))
+    with pytest.raises(ConversionError, match=r"model\.language_model\.layers\.0\.mlp\.up_proj\.weight.*mixes two"):
+        hf_to_mcore(mixed, tmp_path / "mixed-mcore", tp=1, pp=1)
+    no_leftovers(tmp_path, "mixed-mcore")
+
+
 def _logits_worker(mcore_dir: str, hf_dir: str) -> float:
     from megatron.core import dist_checkpointing, tensor_parallel
     from transformers import AutoModelForImageTextToText

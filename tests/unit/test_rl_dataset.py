@@ -286,14 +286,13 @@ def test_too_long_prompts_are_skipped_when_a_processor_is_given(tmp_path: Path, 
 
 
 def test_progress_bar_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = write_jsonl(tmp_path / "t.jsonl", [{"id": "a", "question": "q", "answer": "1", "images": []}])
-    load_prompt_rows(DataConfig(train_files=[str(data)]), progress=False)
+    row = {"id": "a", "question": "q", "answer": "1", "images": []}
+    load_prompt_rows(DataConfig(train_files=[str(write_jsonl(tmp_path / "t.jsonl", [row]))]), progress=False)
     err = capsys.readouterr().err
-    assert "validating prompts" not in err and "Generating train split" not in err
-    assert not datasets.are_progress_bars_disabled(), "the datasets setting is restored"
-    load_prompt_rows(DataConfig(train_files=[str(data)]), progress=True)
+    assert "validating prompts" not in err and "indexing" not in err
+    load_prompt_rows(DataConfig(train_files=[str(write_jsonl(tmp_path / "u.jsonl", [row]))]), progress=True)
     err = capsys.readouterr().err
-    assert "validating prompts" in err and "Generating train split" in err
+    assert "validating prompts" in err and "indexing u.jsonl" in err
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,10 @@ across tensor-parallel ranks (``tp_dim``/``tp_parts``).
 
 Names are global (layer ``i`` counts from the first layer of the whole model); a pipeline stage
 adds its layer offset to its local module names (see ``global_name``).
+
+HF names are the hub's layout (``model.layers.*``, ``visual.*``, ``lm_head.*``), which every export
+writes. Checkpoints saved in the layout transformers uses internally since 4.52
+(``model.language_model.*``, ``model.visual.*``) are read through ``hub_name``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,17 @@ from srpo_mcore.checkpoint import transforms as T
 from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch
 
 KINDS = ("copy", "qkv", "vision_qkv", "gate_up", "conv3d")
+
+TRANSFORMERS_PREFIXES = (("model.language_model.", "model."), ("model.visual.", "visual."))
+"""transformers' internal Qwen2.5-VL tensor-name prefixes -> the hub layout's."""
+
+
+def hub_name(name: str) -> str:
+    """An HF tensor name in the hub layout, whichever of the two HF layouts it is written in."""
+    for internal, hub in TRANSFORMERS_PREFIXES:
+        if name.startswith(internal):
+            return hub + name[len(internal) :]
+    return name
 
 
 @dataclass(frozen=True)
