@@ -25,6 +25,7 @@ import torch.distributed as dist
 import yaml
 
 from srpo_mcore.config import ConfigError, RunConfig, gpu_only_fields, to_dict
+from srpo_mcore.data.formats import AnswerFrom
 from srpo_mcore.observe.rank0_log import get_logger
 
 log = get_logger("srpo_mcore.trainer")
@@ -58,7 +59,7 @@ class MegatronTrainer:
 
     name = "train"
     """Progress-bar label and log prefix."""
-    answer_from = "gold"
+    answer_from: AnswerFrom = "gold"
     """What a conversation row's answer is: the gold (RL) or the assistant turn (SFT: ``response``)."""
 
     def __init__(self, cfg: RunConfig) -> None:

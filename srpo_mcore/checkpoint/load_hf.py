@@ -18,7 +18,14 @@ from srpo_mcore.checkpoint.hf_io import HFCheckpoint
 from srpo_mcore.checkpoint.transforms import tp_shard
 from srpo_mcore.models.qwen2_5_vl.config import Qwen25VLArch
 from srpo_mcore.models.qwen2_5_vl.model import Qwen25VLModel
-from srpo_mcore.models.qwen2_5_vl.weight_map import WeightRow, canonical_name, global_name, hub_name, to_mcore, weight_rows
+from srpo_mcore.models.qwen2_5_vl.weight_map import (
+    WeightRow,
+    canonical_name,
+    global_name,
+    hub_name,
+    to_mcore,
+    weight_rows,
+)
 
 
 def rows_for_model(model: Qwen25VLModel) -> list[tuple[str, torch.nn.Parameter, WeightRow]]:

@@ -206,16 +206,16 @@ def to_raw_prompt(raw: dict[str, Any], fmt: str, columns: Columns, answer_from: 
     """One raw row of format `fmt` (read through `columns`) in the common shape.
 
     Raises:
-        Skip: ``bad_conversation`` (see ``parse_conversation``), ``empty_answer`` (an SFT row
-            of a conversation format without an assistant turn).
+        Skip: ``bad_conversation`` (see ``parse_conversation``).
     """
-    if columns.conversation is None:  # rows, easyr1
-        return RawPrompt(None, raw.get(columns.question), raw.get(columns.answer), _images_of(raw.get(columns.images)))
+    if columns.conversation is None:  # rows, easyr1: every column is named
+        question, answer, images = (
+            raw.get(c) if c else None for c in (columns.question, columns.answer, columns.images)
+        )
+        return RawPrompt(None, question, answer, _images_of(images))
     system, question, images, assistant = parse_conversation(raw.get(columns.conversation))
     if columns.images is not None:
         images = images + _images_of(raw.get(columns.images))
-    if answer_from == "response" or columns.answer is None:
-        answer = assistant
-    else:
-        answer = raw.get(columns.answer)
+    gold = columns.answer if answer_from == "gold" else None
+    answer = raw.get(gold) if gold is not None else assistant
     return RawPrompt(system, question, answer, images)

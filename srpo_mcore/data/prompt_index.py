@@ -80,7 +80,7 @@ def cache_dir_for(path: Path, configured: str | None) -> Path:
     return out
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -176,14 +176,14 @@ def source_batches(path: Path) -> Iterator[list[dict[str, Any]]]:
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{path} is not a valid parquet file: {type(e).__name__}: {e}") from e
         return
-    batch: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     for row in _json_rows(path):
-        batch.append(row)
-        if len(batch) == BATCH_ROWS:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        rows.append(row)
+        if len(rows) == BATCH_ROWS:
+            yield rows
+            rows = []
+    if rows:
+        yield rows
 
 
 # --------------------------------------------------------------------------------------------

@@ -131,10 +131,10 @@ class LoadReport:
 class PromptRows(Sequence[PromptRow]):
     """The kept rows of a load, read from the memory-mapped indexes when indexed (cheap to pickle)."""
 
-    def __init__(self, indexes: list[Index], kept: list[tuple[int, int, str]]) -> None:
+    def __init__(self, indexes: list[Index], kept: list[tuple[int, int, str, int]]) -> None:
         self._indexes = indexes
         self._kept = kept
-        """(file, row of its index, id) of every kept row, in order."""
+        """(file, row of its index, id, prompt tokens or -1) of every kept row, in order."""
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -146,13 +146,17 @@ class PromptRows(Sequence[PromptRow]):
     def __getitem__(self, k: int | slice) -> PromptRow | list[PromptRow]:
         if isinstance(k, slice):
             return [self[i] for i in range(*k.indices(len(self)))]
-        f, i, rid = self._kept[k]
+        f, i, rid, _ = self._kept[k]
         r: IndexedRow = self._indexes[f].row(i)
         assert r.question is not None and r.answer is not None
         return PromptRow(rid, r.question, r.answer, r.images, r.system)
 
     def __iter__(self) -> Iterator[PromptRow]:
         return (self[i] for i in range(len(self)))
+
+    def prompt_tokens(self) -> list[int]:
+        """Each row's prompt tokens after image expansion (-1 when loaded without a processor)."""
+        return [tokens for *_, tokens in self._kept]
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +185,9 @@ def resolve_files(train_files: Sequence[str]) -> list[Path]:
         path = Path(entry).expanduser()
         if path.is_dir():
             found = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
+                p
+                for p in path.iterdir()
+                if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
             )
             if not found:
                 raise DataError(f"data.train_files: directory {path} holds no data files ({exts})")
@@ -331,7 +337,7 @@ def load_prompt_rows(
     checks = _checks(files, cfg, processor, progress)
     report = LoadReport(formats={f.source.name: f.spec.format for f in files})
     indexes = [Index(f.index) for f in files]
-    kept: list[tuple[int, int, str]] = []
+    kept: list[tuple[int, int, str, int]] = []
     seen: set[str] = set()
     number = 0
     for n, (file, index, file_checks) in enumerate(zip(files, indexes, checks, strict=True)):
@@ -349,19 +355,18 @@ def load_prompt_rows(
                 report.skip("duplicate_id", rid)
                 continue
             seen.add(rid)
-            if reason is None:
-                check = file_checks.get(i, "bad_row")
-                if isinstance(check, str):
-                    reason = check
-                elif processor is not None and check > cfg.max_prompt_tokens:
-                    reason = "too_long"
-            if reason is not None:
-                report.skip(reason, rid)
+            check = file_checks.get(i, "bad_row") if reason is None else reason
+            if isinstance(check, int) and processor is not None and check > cfg.max_prompt_tokens:
+                check = "too_long"
+            if isinstance(check, str):
+                report.skip(check, rid)
             else:
-                kept.append((n, i, rid))
+                kept.append((n, i, rid, check))
     report.kept = len(kept)
     if not kept:
-        raise DataError(f"no usable prompt rows in {[str(f) for f in resolve_files(cfg.train_files)]}:\n{report.summary()}")
+        raise DataError(
+            f"no usable prompt rows in {[str(f) for f in resolve_files(cfg.train_files)]}:\n{report.summary()}"
+        )
     log.debug("%s", report.summary())  # the caller decides how to show the report
     return PromptRows(indexes, kept), report
 

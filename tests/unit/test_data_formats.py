@@ -129,7 +129,11 @@ def test_every_format_gives_the_prompts_images_and_golds_of_the_rows_file(
     llava = write(  # one image per row at most: the LLaVA `image` column
         tmp_path / "llava.json",
         [
-            {"id": i, "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}], "image": f"{n}.png"}
+            {
+                "id": i,
+                "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}],
+                "image": f"{n}.png",
+            }
             for i, q, a, (n,) in [(i, q, a, ims) for i, q, a, ims in QUESTIONS if len(ims) == 1]
         ],
         array=True,
@@ -162,7 +166,7 @@ def test_every_format_gives_the_prompts_images_and_golds_of_the_rows_file(
     assert_same_prompts(got, [want[1]], tok)
     embedded, _ = load(easyr1)
     assert all(isinstance(ref, bytes) for r in embedded for ref in r.images)
-    both, report = load(chat, tmp_path / "rows.jsonl", format="auto")  # one id per row across files
+    _, report = load(chat, tmp_path / "rows.jsonl", format="auto")  # one id per row across files
     assert report.formats == {"chat.jsonl": "chat", "rows.jsonl": "rows"}
     assert report.skipped == {"duplicate_id": ["t", "one", "two"]}
 
@@ -313,7 +317,7 @@ def test_sft_rows_in_sharegpt_form_give_the_same_sequences_and_loss_masks(
 def test_index_and_checks_are_cached_by_content(tmp_path: Path, images: dict[str, Path], processor: Any) -> None:
     data = rows_file(tmp_path, images)
     cache = tmp_path / "cache"
-    rows, report = load(data, cache_dir=str(cache), processor=processor, max_prompt_tokens=10_000)
+    rows, _ = load(data, cache_dir=str(cache), processor=processor, max_prompt_tokens=10_000)
     files = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
     assert sum(n.endswith(".arrow") for n in files) == 1 and sum(".checks-" in n for n in files) == 1
     tokens = [len(processor(text=[to_request(r, processor.tokenizer, "srpo").prompt],
@@ -327,7 +331,7 @@ def test_index_and_checks_are_cached_by_content(tmp_path: Path, images: dict[str
     data.write_text("\n".join(lines[:2]) + "\n")  # new content: a new index
     fewer, _ = load(data, cache_dir=str(cache))
     assert len(fewer) == 2 and sum(p.suffix == ".arrow" for p in cache.iterdir()) == 2
-    default, _ = load(data)
+    load(data)
     assert (data.parent / ".srpo-cache").is_dir(), "default cache: next to the data"
 
 
@@ -343,3 +347,29 @@ def test_rows_hold_no_image_bytes_until_used(tmp_path: Path) -> None:
     assert rows[5].images == (big[1],) and isinstance(rows[5], PromptRow)
     clone = pickle.loads(pickle.dumps(rows))  # e.g. sent to another process: reopens the index
     assert clone[7] == rows[7] and len(clone) == 40
+
+
+def test_inspect_prints_format_skips_images_and_token_histograms(
+    tmp_path: Path, images: dict[str, Path], tiny_checkpoint: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from srpo_mcore.data.inspect import main
+
+    data = write(
+        tmp_path / "sft.json",
+        [
+            {"id": "a", "messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "ok"}],
+             "images": [str(images["red"])]},
+            {"id": "b", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a b c"}],
+             "images": []},
+            {"id": "c", "messages": [{"role": "user", "content": "q"}], "images": []},
+        ],
+        array=True,
+    )  # fmt: skip
+    assert main([str(data), "--sft", "--model", str(tiny_checkpoint("gqa"))]) == 0
+    out = capsys.readouterr().out
+    assert "prompt rows: 3 read, 2 kept, 1 skipped" in out and "empty_answer" in out and "e.g. c" in out
+    assert "formats: sft.json=sharegpt" in out and "images per row: 0: 1, 1: 1" in out
+    assert "prompt tokens (kept rows, <= 1024): min" in out and "(n=2)" in out
+    assert "target tokens (assistant turn + end of turn): min" in out
+    assert main([str(tmp_path / "none.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
