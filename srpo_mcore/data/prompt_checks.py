@@ -21,7 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from srpo_mcore.data.formats import Skip
-from srpo_mcore.data.prompt_index import Index, check_image, write_atomically
+from srpo_mcore.data.prompt_index import Index, IndexedRow, check_image, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def check_rows(
 
     Args:
         index: The file's index.
-        rows: Which of its rows to check.
+        rows: Which of its rows to check, in order.
         count_tokens: Prompt tokens of an ``IndexedRow`` (opens its images); None = verify only.
         progress: Show a progress bar.
 
@@ -49,8 +49,13 @@ def check_rows(
         ``"bad_row"`` when the processor fails on it (logged with the row's id).
     """
     out: Checks = {}
-    for i in tqdm(rows, desc="validating prompts", unit="row", disable=not progress):
-        row = index.row(i)
+    bar = tqdm(total=len(rows), desc="validating prompts", unit="row", disable=not progress)
+    batch: dict[int, IndexedRow] = {}
+    for i in rows:
+        if i not in batch:  # rows are read a batch at a time, without the mapping (see Index.read_batch)
+            batch = index.read_batch(index.batch_of(i))
+        row = batch[i]
+        bar.update()
         try:
             for ref in row.images:
                 check_image(ref)
@@ -60,6 +65,7 @@ def check_rows(
         except Exception:  # whatever a strange row does, it costs that row only
             log.exception("prompt row %s of %s", row.id or row.number, index.path)
             out[i] = "bad_row"
+    bar.close()
     return out
 
 

@@ -170,8 +170,8 @@ def source_columns(path: Path) -> list[str]:
 def source_batches(path: Path) -> Iterator[list[dict[str, Any]]]:
     """The rows of a data file, ``BATCH_ROWS`` at a time (parquet: one row group in memory at most)."""
     if path.suffix.lower() == ".parquet":
-        try:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+        try:  # pre_buffer=False: else the reader keeps every column chunk it read (the whole file, measured)
+            for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=BATCH_ROWS):
                 yield batch.to_pylist()
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{path} is not a valid parquet file: {type(e).__name__}: {e}") from e
@@ -371,6 +371,11 @@ def build_index(path: Path, spec: IndexSpec, out: Path, *, progress: bool = Fals
     write_atomically(out, write)
 
 
+def _indexed_row(d: dict[str, Any]) -> IndexedRow:
+    images = tuple(p if p is not None else data for p, data in zip(d["image_paths"], d["image_bytes"], strict=True))
+    return IndexedRow(d["number"], d["id"], d["skip"], d["system"], d["question"], d["answer"], images)
+
+
 class Index:
     """A memory-mapped index file: row `i` is read (and its image bytes copied) only when asked for."""
 
@@ -393,11 +398,22 @@ class Index:
         """One small column (``number``, ``id``, ``skip``) for every row."""
         return [v for b in self._batches for v in b.column(name).to_pylist()]
 
+    def batch_of(self, i: int) -> int:
+        """The record batch holding row `i`."""
+        return bisect.bisect_right(self._starts, i) - 1
+
     def row(self, i: int) -> IndexedRow:
-        b = bisect.bisect_right(self._starts, i) - 1
+        """Row `i`, read through the mapping (only its own pages are touched)."""
+        b = self.batch_of(i)
         (d,) = self._batches[b].slice(i - self._starts[b], 1).to_pylist()
-        images = tuple(p if p is not None else data for p, data in zip(d["image_paths"], d["image_bytes"], strict=True))
-        return IndexedRow(d["number"], d["id"], d["skip"], d["system"], d["question"], d["answer"], images)
+        return _indexed_row(d)
+
+    def read_batch(self, b: int) -> dict[int, IndexedRow]:
+        """The rows of batch `b` by row number, read into memory of their own (not through the mapping:
+        a pass over every row, like the checks, then leaves no mapped pages behind)."""
+        with pa.OSFile(str(self.path), "rb") as f:
+            batch = pa.ipc.open_file(f).get_batch(b)
+        return {self._starts[b] + k: _indexed_row(d) for k, d in enumerate(batch.to_pylist())}
 
     def close(self) -> None:
         self._batches = []

@@ -273,9 +273,10 @@ def _checks(files: list[IndexedFile], cfg: DataConfig, processor: Any | None, pr
     out = []
     for file, path, checks in zip(files, paths, cached, strict=True):
         if checks is None:
-            index = Index(file.index)  # its own mapping: the pages of every image it opens go with it
+            index = Index(file.index)
             todo = [i for i, reason in enumerate(index.column("skip")) if reason is None]
-            mine = check_rows(index, todo[rank::world], count, progress=progress and rank == 0)
+            share = todo[rank * len(todo) // world : (rank + 1) * len(todo) // world]  # contiguous: few batches each
+            mine = check_rows(index, share, count, progress=progress and rank == 0)
             index.close()
             checks = mine
             if dist:
