@@ -194,8 +194,8 @@ class GRPOTrainer(MegatronTrainer):
         start = time.perf_counter()
         if self.cfg.rollout.replay_dir:
             requests, samples = self.engine.rollouts(step)
-            golds_by_id = {r.id: r.answer for r in self.rows}
-            golds = [golds_by_id[req.key] for req in requests]
+            where = self.rows.positions()
+            golds = [self.rows[where[req.key]].answer for req in requests]
             flat = [s for g in samples for s in g]
             rewards = iter(score_samples(self.scorer, flat, [golds[s.request_index] for s in flat]))
             groups = [

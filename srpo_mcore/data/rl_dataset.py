@@ -154,6 +154,10 @@ class PromptRows(Sequence[PromptRow]):
     def __iter__(self) -> Iterator[PromptRow]:
         return (self[i] for i in range(len(self)))
 
+    def positions(self) -> dict[str, int]:
+        """Row id -> its position (no row is read)."""
+        return {rid: k for k, (_, _, rid, _) in enumerate(self._kept)}
+
     def prompt_tokens(self) -> list[int]:
         """Each row's prompt tokens after image expansion (-1 when loaded without a processor)."""
         return [tokens for *_, tokens in self._kept]

@@ -347,6 +347,7 @@ def test_rows_hold_no_image_bytes_until_used(tmp_path: Path) -> None:
     assert rows[5].images == (big[1],) and isinstance(rows[5], PromptRow)
     clone = pickle.loads(pickle.dumps(rows))  # e.g. sent to another process: reopens the index
     assert clone[7] == rows[7] and len(clone) == 40
+    assert rows.positions()["7"] == 7 and rows[rows.positions()["39"]].question == "q39"
 
 
 def test_inspect_prints_format_skips_images_and_token_histograms(
